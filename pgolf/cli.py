@@ -1,0 +1,90 @@
+"""The `pgolf` command: the same library calls that back the stage scripts, for use outside DVC.
+
+Commands are a table: name -> (module, function that adds its subparser). Each adder registers
+`func` on its parser; `main` dispatches and maps PgolfError to exit 1, bad params to exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from pgolf.errors import ParamsError, PgolfError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "params": ("pgolf.cli", "add_params_command"),
+}
+
+
+def _params_check(args: argparse.Namespace) -> int:
+    from pgolf.config import load_params
+
+    sections = load_params(args.params)
+    if args.stamp:
+        from pgolf.io import write_bytes_atomic
+
+        # Constant bytes: stages downstream of the stamp never rerun because of it.
+        write_bytes_atomic(args.stamp, b"params.yaml validated by pgolf params check\n")
+    print(f"{args.params}: ok ({len(sections)} sections: {', '.join(sections)})")
+    return 0
+
+
+def _params_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pgolf.config import load_params
+
+    sections = load_params(args.params)
+    names = [args.section] if args.section else list(sections)
+    for name in names:
+        if name not in sections:
+            raise ParamsError(f"{name}: no such params section (known: {', '.join(sections)})")
+    resolved = {name: sections[name].model_dump(mode="json") for name in names}
+    if args.json:
+        print(json.dumps(resolved, indent=2))
+    else:
+        print(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+def add_params_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("params", help="validate or show params.yaml")
+    actions = parser.add_subparsers(dest="action", required=True)
+    check = actions.add_parser("check", help="validate every section; exit 2 naming each bad key")
+    check.add_argument("--stamp", help="on success, write a constant stamp file here (the DVC `params` stage)")
+    check.set_defaults(func=_params_check)
+    show = actions.add_parser("show", help="print the resolved values, defaults included")
+    show.add_argument("section", nargs="?", help="only this section")
+    show.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    show.set_defaults(func=_params_show)
+    for p in (check, show):
+        p.add_argument("--params", default="params.yaml", help="path of the params file (default: params.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf pipeline tools.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name, adder in COMMANDS.values():
+        getattr(importlib.import_module(module_name), adder)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ParamsError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except PgolfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

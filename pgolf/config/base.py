@@ -1,0 +1,89 @@
+"""Strict pydantic base model and one-line rendering of validation errors.
+
+Every params section is a `Section` (``extra="forbid"``, frozen). Errors are rendered as
+``<key.path>: <what is allowed>, got <value>`` so a user can fix params.yaml without a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pgolf.errors import ParamsError
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed_keys(model: type[BaseModel] | None, loc: tuple) -> list[str] | None:
+    """Walk `loc` (minus its last element) through nested models; return the allowed keys there."""
+    current: Any = model
+    for part in loc[:-1]:
+        if current is None or not isinstance(part, str):
+            return None
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        current = field.annotation
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return None
+
+
+def describe_error(err: dict, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One readable line for one pydantic error dict."""
+    loc = tuple(err.get("loc", ()))
+    path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(root)"
+    kind = err.get("type", "")
+    ctx = err.get("ctx", {}) or {}
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc)
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"{path}: unknown key{hint}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    bounds = {
+        "greater_than_equal": ">=",
+        "greater_than": ">",
+        "less_than_equal": "<=",
+        "less_than": "<",
+    }
+    if kind in bounds:
+        bound = next(iter(ctx.values()), "?")
+        return f"{path}: must be {bounds[kind]} {bound}, got {_short(got)}"
+    if kind == "literal_error":
+        return f"{path}: must be {ctx.get('expected', 'one of the allowed values')}, got {_short(got)}"
+    message = str(err.get("msg", "invalid value"))
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    message = message[0].lower() + message[1:] if message else message
+    return f"{path}: {message}, got {_short(got)}"
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """All errors of `exc`, one line each, key paths prefixed with the section name."""
+    return "\n".join(describe_error(e, prefix, model) for e in exc.errors())
+
+
+def validate_section(model: type[Section], data: Any, prefix: str) -> Section:
+    """Validate `data` against `model`; raise ParamsError with one line per problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{prefix}: must be a mapping of keys to values, got {_short(data)}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ParamsError(format_validation_error(exc, prefix, model)) from None
