@@ -15,6 +15,7 @@ from pgolf.errors import ParamsError, PgolfError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("pgolf.cli", "add_params_command"),
+    "profile": ("pgolf.cli", "add_profile_command"),
 }
 
 
@@ -61,6 +62,49 @@ def add_params_command(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_params_show)
     for p in (check, show):
         p.add_argument("--params", default="params.yaml", help="path of the params file (default: params.yaml)")
+
+
+def _profile_list(args: argparse.Namespace) -> int:
+    from pgolf.profiles import list_profiles
+
+    for profile in list_profiles(args.dir):
+        print(f"{profile.name}: {profile.description}")
+    return 0
+
+
+def _profile_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pgolf.profiles import load_profile
+
+    profile = load_profile(args.name, args.dir)
+    print(f"# {profile.path}: {profile.description}")
+    print(yaml.safe_dump(profile.overrides, sort_keys=False), end="")
+    return 0
+
+
+def _profile_apply(args: argparse.Namespace) -> int:
+    from pgolf.profiles import apply_profile
+
+    profile = apply_profile(args.name, args.params, args.dir)
+    print(f"{args.params}: applied profile {profile.name} ({profile.path})")
+    return 0
+
+
+def add_profile_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("profile", help="list, show or apply a params profile from profiles/")
+    actions = parser.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the available profiles with their descriptions")
+    listing.set_defaults(func=_profile_list)
+    show = actions.add_parser("show", help="the overrides a profile makes")
+    show.add_argument("name")
+    show.set_defaults(func=_profile_show)
+    apply = actions.add_parser("apply", help="merge a profile into params.yaml (validated first; comments kept)")
+    apply.add_argument("name")
+    apply.add_argument("--params", default="params.yaml", help="params file to rewrite (default: params.yaml)")
+    apply.set_defaults(func=_profile_apply)
+    for p in (listing, show, apply):
+        p.add_argument("--dir", default="profiles", help="profiles directory (default: profiles)")
 
 
 def build_parser() -> argparse.ArgumentParser:
