@@ -1,0 +1,117 @@
+"""Plots that work offline: an HTML template for `dvc plots show`, PNG curves, the bpb table.
+
+`dvc plots show` normally loads vega from a CDN, which leaves a blank page without a network.
+`write_offline_template` inlines vega, vega-lite and vega-embed (shipped as plain JS files by the
+pinned `django-js-lib-vega-embed` wheel) into a template that `.dvc/config` points at.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+from pgolf.errors import DataError
+from pgolf.io import write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+VEGA_PACKAGE = "js_lib_vega_embed"
+VEGA_SCRIPTS = ("vega5.js", "vega-lite5.js", "vega-embed6.js")
+DVC_TEMPLATE_PATH = Path(".dvc") / "plots" / "offline.html"  # .dvc/config: plots.html_template
+
+
+def offline_template() -> str:
+    """An HTML page with `{plot_divs}` for DVC and the vega scripts inlined."""
+    scripts = []
+    for name in VEGA_SCRIPTS:
+        source = resources.files(VEGA_PACKAGE).joinpath("static", VEGA_PACKAGE, name)
+        try:
+            code = source.read_text(encoding="utf-8")
+        except (FileNotFoundError, ModuleNotFoundError) as exc:
+            raise DataError(f"vega script {name} not found in package {VEGA_PACKAGE}: reinstall pgolf ({exc})") from None
+        # A literal "</script>" inside the code would end the tag early.
+        scripts.append("<script>\n" + code.replace("</script>", "<\\/script>") + "\n</script>")
+    head = "\n".join(scripts)
+    return (
+        "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>pgolf plots</title>\n"
+        f"{head}\n<style>body {{ font-family: sans-serif; }} table {{ border-spacing: 15px; }}</style>\n"
+        "</head>\n<body>\n{plot_divs}\n</body>\n</html>\n"
+    )
+
+
+def write_offline_template(path: str | Path = DVC_TEMPLATE_PATH) -> Path:
+    path = Path(path)
+    write_bytes_atomic(path, offline_template().encode("utf-8"))
+    return path
+
+
+def read_curve(tsv_path: str | Path) -> tuple[list[float], list[float], str]:
+    """A DVCLive TSV (columns: timestamp, step, <name>) -> (steps, values, name)."""
+    tsv_path = Path(tsv_path)
+    try:
+        with tsv_path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+    except FileNotFoundError:
+        raise DataError(f"{tsv_path}: curve file not found") from None
+    if not rows:
+        return [], [], tsv_path.stem
+    names = [k for k in rows[0] if k not in ("timestamp", "step")]
+    if "step" not in rows[0] or len(names) != 1:
+        raise DataError(f"{tsv_path}: expected columns timestamp, step and one value column")
+    name = names[0]
+    return [float(r["step"]) for r in rows], [float(r[name]) for r in rows], name
+
+
+def write_curves_png(tsv_paths: Iterable[str | Path], out_png: str | Path, title: str = "training") -> Path:
+    """One panel per curve, against step, as a PNG (matplotlib's Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [read_curve(p) for p in tsv_paths]
+    curves = [c for c in curves if c[0]]
+    if not curves:
+        raise DataError("no curve has any point to draw")
+    fig, axes = plt.subplots(len(curves), 1, figsize=(7, 2.6 * len(curves)), sharex=True, squeeze=False)
+    for ax, (steps, values, name) in zip(axes[:, 0], curves):
+        ax.plot(steps, values, lw=1.2)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_png)
+    return out_png
+
+
+def write_bpb_table(rows: list[dict], out_json: str | Path) -> Path:
+    """Plot data for `dvc plots`: a list of {method, val_bpb} records."""
+    for row in rows:
+        if set(row) != {"method", "val_bpb"}:
+            raise DataError(f"bpb table rows need exactly 'method' and 'val_bpb', got {sorted(row)}")
+    write_json_atomic(out_json, rows)
+    return Path(out_json)
+
+
+def load_metric(path: str | Path, key: str) -> float:
+    """One number from a metrics JSON file, with a clear error when it is missing."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))[key]
+    except FileNotFoundError:
+        raise DataError(f"{path}: metrics file not found") from None
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise DataError(f"{path}: no numeric '{key}'") from None
+    if not isinstance(value, (int, float)):
+        raise DataError(f"{path}: '{key}' is not a number")
+    return float(value)
