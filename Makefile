@@ -40,6 +40,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	  $(BIN)/python -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==$(TORCH_VERSION)"; \
 	fi
 	$(BIN)/python -m pip install -e .
+	$(BIN)/pgolf plots template
 	@touch $@
 
 $(STAMP_DEV): $(STAMP)

@@ -16,6 +16,7 @@ from pgolf.errors import ParamsError, PgolfError
 COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("pgolf.cli", "add_params_command"),
     "profile": ("pgolf.cli", "add_profile_command"),
+    "plots": ("pgolf.cli", "add_plots_command"),
 }
 
 
@@ -105,6 +106,24 @@ def add_profile_command(sub: argparse._SubParsersAction) -> None:
     apply.set_defaults(func=_profile_apply)
     for p in (listing, show, apply):
         p.add_argument("--dir", default="profiles", help="profiles directory (default: profiles)")
+
+
+def _plots_template(args: argparse.Namespace) -> int:
+    from pgolf.plots import write_offline_template
+
+    path = write_offline_template(args.out)
+    print(f"{path}: offline template for `dvc plots show` ({path.stat().st_size} bytes)")
+    return 0
+
+
+def add_plots_command(sub: argparse._SubParsersAction) -> None:
+    from pgolf.plots import DVC_TEMPLATE_PATH
+
+    parser = sub.add_parser("plots", help="offline plotting support")
+    actions = parser.add_subparsers(dest="action", required=True)
+    template = actions.add_parser("template", help="write the offline HTML template that .dvc/config points at")
+    template.add_argument("--out", default=str(DVC_TEMPLATE_PATH), help=f"output path (default: {DVC_TEMPLATE_PATH})")
+    template.set_defaults(func=_plots_template)
 
 
 def build_parser() -> argparse.ArgumentParser:
