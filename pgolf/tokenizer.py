@@ -1,0 +1,308 @@
+"""SentencePiece BPE with the challenge's settings, and the byte table behind val_bpb.
+
+`train_tokenizer` trains on the documents it is given (the stage passes training documents only,
+never validation ones) and is deterministic: the same input gives a byte-identical model.
+`byte_table` / `token_bytes` implement the challenge's byte accounting: control, unknown and unused
+ids are boundary tokens costing 0 bytes; byte-fallback pieces ``<0xNN>`` cost 1 byte; any other
+piece costs the UTF-8 length of the piece without a leading ``▁``, plus 1 byte for that ``▁`` only
+when the previous token is not a boundary token.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+
+from pgolf.config.data import ExportParams, TokenizerParams
+from pgolf.data.docs import Fetched, iter_docs, read_fetched, sha256_file
+from pgolf.errors import DataError, PgolfError
+from pgolf.io import atomic_dir, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+SPACE_PIECE = "\u2581"
+BYTE_PIECES = 256
+MAX_VOCAB = 1 << 16  # token ids are stored as uint16
+MODEL_FILE = "tokenizer.model"
+VOCAB_FILE = "tokenizer.vocab"
+INFO_FILE = "tokenizer.json"
+# Documents are fed whole; the trainer silently skips sentences longer than its
+# max_sentence_length, so longer documents are cut into pieces of at most this many bytes.
+MAX_SENTENCE_BYTES = 1 << 16
+
+
+def trainer_options(params: TokenizerParams) -> dict[str, Any]:
+    """The SentencePiece trainer settings of the official tokenizer (CHALLENGE.md 'Tokenizer')."""
+    return {
+        "model_type": "bpe",
+        "vocab_size": params.vocab_size,
+        "character_coverage": params.character_coverage,
+        "byte_fallback": True,
+        "split_digits": True,
+        "normalization_rule_name": "nmt_nfkc",
+        "add_dummy_prefix": False,
+        "pad_id": PAD_ID,
+        "bos_id": BOS_ID,
+        "eos_id": EOS_ID,
+        "unk_id": UNK_ID,
+        "hard_vocab_limit": False,
+        "num_threads": params.num_threads,
+        "max_sentence_length": MAX_SENTENCE_BYTES,
+        "minloglevel": 1,
+    }
+
+
+def trainer_sentences(text: str, limit_bytes: int = MAX_SENTENCE_BYTES) -> Iterator[str]:
+    """One document as trainer input: NUL -> space, stripped, cut at whitespace into <= limit_bytes."""
+    text = text.replace("\x00", " ").strip()
+    while text:
+        data = text.encode("utf-8")
+        if len(data) <= limit_bytes:
+            yield text
+            return
+        head = data[:limit_bytes].decode("utf-8", errors="ignore")
+        cut = max(head.rfind("\n"), head.rfind(" "))
+        piece, text = (head[:cut], text[cut:]) if cut > 0 else (head, text[len(head) :])
+        text = text.strip()
+        if piece.strip():
+            yield piece.strip()
+
+
+@dataclass
+class _TrainingCount:
+    docs: int = 0
+    bytes: int = 0
+
+
+def _capped(docs: Iterable[str], max_bytes: int, count: _TrainingCount) -> Iterator[str]:
+    """Documents in order while their UTF-8 total stays within max_bytes (the first always goes in)."""
+    for text in docs:
+        size = len(text.encode("utf-8"))
+        if count.docs and count.bytes + size > max_bytes:
+            return
+        count.docs += 1
+        count.bytes += size
+        yield text
+
+
+def train_tokenizer(docs: Iterable[str], params: TokenizerParams, out_dir: str | Path) -> Path:
+    """Train on `docs` (capped at params.max_train_bytes, in order); write out_dir/tokenizer.{model,vocab}.
+
+    Returns the model path. Deterministic: no sampling or shuffling of the input.
+    Raises PgolfError if there is no text or the trainer refuses the settings.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    count = _TrainingCount()
+    model = io.BytesIO()
+    sentences = (s for text in _capped(docs, params.max_train_bytes, count) for s in trainer_sentences(text))
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=sentences,
+            model_writer=model,  # a model_prefix would be recorded in the model, breaking determinism
+            **trainer_options(params),
+        )
+    except RuntimeError as exc:
+        raise _trainer_error(str(exc), params, count) from None
+    log.info("train_docs: %d", count.docs)
+    log.info("train_bytes: %d", count.bytes)
+    path = out_dir / MODEL_FILE
+    path.write_bytes(model.getvalue())
+    sp = load_processor(path)
+    check_tokenizer(sp, path)
+    write_vocab(sp, out_dir / VOCAB_FILE)
+    return path
+
+
+def _trainer_error(message: str, params: TokenizerParams, count: _TrainingCount) -> PgolfError:
+    """One actionable line for a SentencePiece trainer failure (its messages quote C++ checks)."""
+    if count.docs == 0:
+        return DataError("tokenizer: no training documents to train on")
+    if "sentences_.empty()" in message:
+        return DataError(f"tokenizer: the {count.docs} training documents hold no non-blank text")
+    too_small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if too_small:
+        return PgolfError(
+            f"tokenizer.vocab_size={params.vocab_size} is too small: the training text needs at least "
+            f"{too_small.group(2)} ids (special, byte and required-character pieces); raise it"
+        )
+    reason = re.sub(r"^.*?\] ", "", message.strip().splitlines()[-1]) if message.strip() else "unknown error"
+    return PgolfError(f"tokenizer: SentencePiece refused the settings (vocab_size={params.vocab_size}): {reason}")
+
+
+def load_processor(model_path: str | Path) -> spm.SentencePieceProcessor:
+    """A SentencePieceProcessor for a model file; DataError if it is missing or unreadable."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise DataError(f"{model_path}: tokenizer model not found")
+    try:
+        return spm.SentencePieceProcessor(model_file=str(model_path))
+    except (RuntimeError, OSError) as exc:
+        raise DataError(f"{model_path}: not a SentencePiece model ({exc})") from None
+
+
+def check_tokenizer(sp: spm.SentencePieceProcessor, where: str | Path) -> None:
+    """The properties the shards and the byte accounting rely on; DataError naming the first broken one."""
+    if sp.vocab_size() > MAX_VOCAB:
+        raise DataError(f"{where}: vocab size {sp.vocab_size()} does not fit uint16 token ids")
+    if sp.bos_id() != BOS_ID:
+        raise DataError(f"{where}: BOS id is {sp.bos_id()}, shards need {BOS_ID}")
+    if sp.piece_to_id(SPACE_PIECE) == sp.unk_id():
+        raise DataError(f"{where}: no standalone '{SPACE_PIECE}' piece: spaces would be byte-fallback (3 bytes each)")
+
+
+def write_vocab(sp: spm.SentencePieceProcessor, path: Path) -> None:
+    """The `.vocab` listing (piece TAB score per line), for a model that came without one."""
+    lines = (f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What data/tokenizer/tokenizer.json says about the model next to it."""
+
+    model_path: Path
+    vocab_size: int
+    bos_id: int
+    source: str
+    sha256: str
+
+
+def read_tokenizer(tokenizer_dir: str | Path) -> TokenizerInfo:
+    """Read tokenizer.json and check that the model beside it is the one it describes."""
+    tokenizer_dir = Path(tokenizer_dir)
+    info = read_json(tokenizer_dir / INFO_FILE, "tokenizer description")
+    model = tokenizer_dir / MODEL_FILE
+    if not isinstance(info, dict) or not {"vocab_size", "bos_id", "source", "sha256"} <= info.keys():
+        raise DataError(f"{tokenizer_dir / INFO_FILE}: needs vocab_size, bos_id, source and sha256")
+    if not model.is_file():
+        raise DataError(f"{model}: tokenizer model not found")
+    digest = sha256_file(model)
+    if digest != info["sha256"]:
+        raise DataError(f"{model}: sha256 {digest[:12]}... differs from {INFO_FILE} ({str(info['sha256'])[:12]}...)")
+    return TokenizerInfo(model, int(info["vocab_size"]), int(info["bos_id"]), str(info["source"]), digest)
+
+
+def _training_docs(fetched: Fetched, val_docs: int) -> Iterator[str]:
+    if fetched.docs_path is None:
+        raise DataError(f"{fetched.root}: the fetch has no documents to train a tokenizer on (use tokenizer.reuse: official)")
+    if fetched.num_docs is not None and fetched.num_docs <= val_docs:
+        raise DataError(f"export.val_docs={val_docs} leaves no training documents ({fetched.num_docs} fetched)")
+    return iter_docs(fetched.docs_path, start=val_docs)
+
+
+def build_tokenizer(
+    fetched_dir: str | Path, params: TokenizerParams, export: ExportParams, out_dir: str | Path
+) -> dict[str, Any]:
+    """The tokenizer stage: train on documents [export.val_docs:] or copy the official model.
+
+    Writes out_dir/{tokenizer.model, tokenizer.vocab, tokenizer.json} atomically; returns the json.
+    """
+    fetched = read_fetched(fetched_dir)
+    with atomic_dir(out_dir) as tmp:
+        if params.reuse == "official":
+            info = _copy_official(fetched, params, tmp)
+        else:
+            count = _TrainingCount()
+            docs = _training_docs(fetched, export.val_docs)
+            train_tokenizer(_capped(docs, params.max_train_bytes, count), params, tmp)
+            info = {
+                "source": "trained",
+                "train_docs_start": export.val_docs,
+                "train_docs_count": count.docs,
+                "train_bytes": count.bytes,
+            }
+        sp = load_processor(tmp / MODEL_FILE)
+        info = {
+            "vocab_size": sp.vocab_size(),
+            "bos_id": sp.bos_id(),
+            **info,
+            "sha256": sha256_file(tmp / MODEL_FILE),
+        }
+        write_json_atomic(tmp / INFO_FILE, info)
+    for key, value in info.items():
+        log.info("%s: %s", key, value)
+    return info
+
+
+def _copy_official(fetched: Fetched, params: TokenizerParams, out_dir: Path) -> dict[str, Any]:
+    source = fetched.tokenizer_model
+    if source is None:
+        raise DataError(f"{fetched.root}: tokenizer.reuse is 'official' but the fetch has no tokenizer model (fetch.source: hf)")
+    sp = load_processor(source)
+    check_tokenizer(sp, source)
+    if sp.vocab_size() != params.vocab_size:
+        raise DataError(f"tokenizer.vocab_size={params.vocab_size} but the official tokenizer {source.name} has {sp.vocab_size()}")
+    shutil.copyfile(source, out_dir / MODEL_FILE)
+    vocab = source.with_suffix(".vocab")
+    if vocab.is_file():
+        shutil.copyfile(vocab, out_dir / VOCAB_FILE)
+    else:
+        write_vocab(sp, out_dir / VOCAB_FILE)
+    return {"source": "official", "official_model": source.name}
+
+
+@dataclass(frozen=True, eq=False)
+class ByteTable:
+    """Per-id byte accounting of a vocabulary (read-only arrays of length V)."""
+
+    base_bytes: np.ndarray  # int16: UTF-8 bytes of the piece without a leading ▁
+    has_leading_space: np.ndarray  # bool: the piece starts with ▁ (one more byte after a non-boundary)
+    is_boundary: np.ndarray  # bool: control / unknown / unused ids (0 bytes)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.base_bytes.shape[0])
+
+
+def byte_table(sp: spm.SentencePieceProcessor) -> ByteTable:
+    """The challenge's byte table of a SentencePiece model."""
+    size = sp.vocab_size()
+    base = np.zeros(size, dtype=np.int16)
+    space = np.zeros(size, dtype=bool)
+    boundary = np.zeros(size, dtype=bool)
+    for i in range(size):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            boundary[i] = True
+        elif sp.is_byte(i):
+            base[i] = 1
+        else:
+            piece = sp.id_to_piece(i)
+            if piece.startswith(SPACE_PIECE):
+                space[i] = True
+                piece = piece[len(SPACE_PIECE) :]
+            base[i] = len(piece.encode("utf-8"))
+    for array in (base, space, boundary):
+        array.flags.writeable = False
+    return ByteTable(base_bytes=base, has_leading_space=space, is_boundary=boundary)
+
+
+def token_bytes(table: ByteTable, prev_ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
+    """Bytes of each target token given the token before it (same shapes; int64 result)."""
+    prev_ids = np.asarray(prev_ids)
+    target_ids = np.asarray(target_ids)
+    if prev_ids.shape != target_ids.shape:
+        raise ValueError(f"prev_ids {prev_ids.shape} and target_ids {target_ids.shape} differ in shape")
+    if target_ids.size and max(int(prev_ids.max()), int(target_ids.max())) >= table.vocab_size:
+        raise DataError(f"token id {max(int(prev_ids.max()), int(target_ids.max()))} >= vocab size {table.vocab_size}")
+    space = table.has_leading_space[target_ids] & ~table.is_boundary[prev_ids]
+    return table.base_bytes[target_ids].astype(np.int64) + space
+
+
+def stream_bytes(table: ByteTable, tokens: np.ndarray) -> np.ndarray:
+    """Bytes of every token of a stream; the first token is taken to follow a boundary."""
+    tokens = np.asarray(tokens)
+    if tokens.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = table.base_bytes[tokens[:1]].astype(np.int64)
+    return np.concatenate([first, token_bytes(table, tokens[:-1], tokens[1:])])

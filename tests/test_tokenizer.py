@@ -1,0 +1,185 @@
+"""Tokenizer training: official settings, determinism, no validation text, errors, official reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sentencepiece as spm
+from data_helpers import english_docs, make_fetch_dir
+
+from pgolf.config.data import ExportParams, TokenizerParams
+from pgolf.errors import DataError, PgolfError
+from pgolf.tokenizer import (
+    INFO_FILE,
+    MODEL_FILE,
+    VOCAB_FILE,
+    build_tokenizer,
+    load_processor,
+    read_tokenizer,
+    train_tokenizer,
+    trainer_options,
+    trainer_sentences,
+)
+
+VAL_MARKER = "zorblaxquint"
+TRAIN_MARKER = "flimwagdorp"
+
+
+def test_tokenizer_trainer_options_are_the_official_ones(tmp_path):
+    options = trainer_options(TokenizerParams())
+    expected = {
+        "model_type": "bpe",
+        "character_coverage": 0.999,
+        "byte_fallback": True,
+        "split_digits": True,
+        "normalization_rule_name": "nmt_nfkc",
+        "add_dummy_prefix": False,
+        "pad_id": 0,
+        "bos_id": 1,
+        "eos_id": 2,
+        "unk_id": 3,
+        "hard_vocab_limit": False,
+    }
+    assert {k: options[k] for k in expected} == expected
+    assert "input_sentence_size" not in options  # no sampling of the input
+    sp = load_processor(train_tokenizer(english_docs(), TokenizerParams(vocab_size=400), tmp_path))
+    spec = sp.serialized_model_proto()
+    assert sp.bos_id() == 1 and sp.eos_id() == 2 and sp.pad_id() == 0 and sp.unk_id() == 3
+    assert b"nmt_nfkc" in spec
+
+
+def test_tokenizer_training_is_deterministic(tmp_path):
+    docs = english_docs()
+    params = TokenizerParams(vocab_size=600, num_threads=2)
+    first = train_tokenizer(docs, params, tmp_path / "a").read_bytes()
+    second = train_tokenizer(iter(docs), params, tmp_path / "b").read_bytes()
+    assert first == second
+    other = train_tokenizer(docs[1:], params, tmp_path / "c").read_bytes()
+    assert other != first
+
+
+def _planted_docs(val_docs: int) -> list[str]:
+    docs = english_docs()
+    for i in range(val_docs):
+        docs[i] = f"{docs[i]} " + " ".join([VAL_MARKER] * 40)
+    for i in range(val_docs, val_docs + 5):
+        docs[i] = f"{docs[i]} " + " ".join([TRAIN_MARKER] * 40)
+    return docs
+
+
+def _pieces(sp: spm.SentencePieceProcessor) -> list[str]:
+    return [sp.id_to_piece(i) for i in range(sp.vocab_size())]
+
+
+def test_tokenizer_validation_documents_never_reach_the_trainer(tmp_path, monkeypatch):
+    val_docs = 20
+    docs = _planted_docs(val_docs)
+    fetched = make_fetch_dir(tmp_path / "fetch", docs)
+    seen: list[str] = []
+    real_train = spm.SentencePieceTrainer.train
+
+    def recording_train(**kwargs):
+        seen.extend(kwargs["sentence_iterator"])
+        kwargs["sentence_iterator"] = iter(seen)
+        return real_train(**kwargs)
+
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", recording_train)
+    info = build_tokenizer(fetched, TokenizerParams(vocab_size=1024), ExportParams(val_docs=val_docs), tmp_path / "tok")
+    assert seen, "the trainer saw no text"
+    joined = "\n".join(seen)
+    assert VAL_MARKER not in joined and TRAIN_MARKER in joined
+    assert seen == [d.strip() for d in docs[val_docs:]]
+    assert info["train_docs_start"] == val_docs
+    assert info["train_docs_count"] == len(docs) - val_docs
+
+    pieces = _pieces(load_processor(tmp_path / "tok" / MODEL_FILE))
+    assert any(TRAIN_MARKER[2:8] in p for p in pieces)
+    assert not any(VAL_MARKER[2:8] in p for p in pieces)
+
+
+def test_tokenizer_marker_planted_in_training_would_be_learned(tmp_path):
+    """Control for the test above: with val_docs=0-like placement the val marker does become a piece."""
+    docs = _planted_docs(20)
+    docs = docs[:25] + docs[:20]  # the same marked docs placed after the validation prefix too
+    fetched = make_fetch_dir(tmp_path / "fetch", docs)
+    build_tokenizer(fetched, TokenizerParams(vocab_size=1024), ExportParams(val_docs=20), tmp_path / "tok")
+    pieces = _pieces(load_processor(tmp_path / "tok" / MODEL_FILE))
+    assert any(VAL_MARKER[2:8] in p for p in pieces)
+
+
+def test_tokenizer_stage_outputs_and_byte_cap(tmp_path):
+    docs = english_docs()
+    fetched = make_fetch_dir(tmp_path / "fetch", docs)
+    cap = 60_000
+    info = build_tokenizer(fetched, TokenizerParams(vocab_size=500, max_train_bytes=cap), ExportParams(val_docs=10), tmp_path / "tok")
+    out = tmp_path / "tok"
+    assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_FILE, VOCAB_FILE, INFO_FILE])
+    assert json.loads((out / INFO_FILE).read_text()) == info
+    sizes = [len(d.encode("utf-8")) for d in docs[10:]]
+    count = info["train_docs_count"]
+    assert sum(sizes[:count]) == info["train_bytes"] <= cap < sum(sizes[: count + 1])
+    assert info["source"] == "trained" and info["vocab_size"] == 500 and info["bos_id"] == 1
+    described = read_tokenizer(out)
+    assert described.sha256 == info["sha256"] and described.vocab_size == 500
+    with (out / VOCAB_FILE).open() as handle:
+        assert sum(1 for _ in handle) == 500
+
+
+def test_tokenizer_tampered_model_is_detected(tmp_path):
+    fetched = make_fetch_dir(tmp_path / "fetch", english_docs())
+    build_tokenizer(fetched, TokenizerParams(vocab_size=400), ExportParams(val_docs=10), tmp_path / "tok")
+    model = tmp_path / "tok" / MODEL_FILE
+    model.write_bytes(model.read_bytes() + b"\0")
+    with pytest.raises(DataError, match="sha256"):
+        read_tokenizer(tmp_path / "tok")
+
+
+@pytest.mark.parametrize("vocab_size", [256, 300])
+def test_tokenizer_vocab_too_small_is_one_line(tmp_path, vocab_size):
+    with pytest.raises(PgolfError) as info:
+        train_tokenizer(english_docs(), TokenizerParams(vocab_size=vocab_size), tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and f"tokenizer.vocab_size={vocab_size} is too small" in message
+    assert "trainer_interface" not in message
+
+
+def test_tokenizer_empty_or_blank_input_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no training documents"):
+        train_tokenizer([], TokenizerParams(), tmp_path / "a")
+    with pytest.raises(DataError, match="no non-blank text"):
+        train_tokenizer(["   ", "\x00\n"], TokenizerParams(), tmp_path / "b")
+
+
+def test_tokenizer_val_docs_leaving_nothing_to_train_on(tmp_path):
+    fetched = make_fetch_dir(tmp_path / "fetch", english_docs()[:5])
+    with pytest.raises(DataError, match="export.val_docs=5 leaves no training documents"):
+        build_tokenizer(fetched, TokenizerParams(), ExportParams(val_docs=5), tmp_path / "tok")
+    assert not (tmp_path / "tok").exists()
+
+
+def test_tokenizer_reuse_official(tmp_path):
+    official = tmp_path / "fetch" / "tokenizers"
+    official.mkdir(parents=True)
+    train_tokenizer(english_docs(), TokenizerParams(vocab_size=400), official)
+    fetched = make_fetch_dir(tmp_path / "fetch", english_docs()[:3], source="hf", tokenizer_model="tokenizers/tokenizer.model")
+    info = build_tokenizer(fetched, TokenizerParams(reuse="official", vocab_size=400), ExportParams(val_docs=1), tmp_path / "tok")
+    assert info["source"] == "official"
+    assert (tmp_path / "tok" / MODEL_FILE).read_bytes() == (official / "tokenizer.model").read_bytes()
+    with pytest.raises(DataError, match="tokenizer.vocab_size=1024 but the official tokenizer"):
+        build_tokenizer(fetched, TokenizerParams(reuse="official", vocab_size=1024), ExportParams(val_docs=1), tmp_path / "t2")
+
+
+def test_tokenizer_reuse_official_without_official_model(tmp_path):
+    fetched = make_fetch_dir(tmp_path / "fetch", english_docs()[:3])
+    with pytest.raises(DataError, match="has no tokenizer model"):
+        build_tokenizer(fetched, TokenizerParams(reuse="official"), ExportParams(val_docs=1), tmp_path / "tok")
+
+
+def test_tokenizer_long_documents_are_cut_for_the_trainer():
+    text = " ".join(f"word{i}" for i in range(3000))
+    pieces = list(trainer_sentences(text, limit_bytes=1000))
+    assert all(len(p.encode("utf-8")) <= 1000 for p in pieces)
+    assert " ".join(pieces) == text
+    assert list(trainer_sentences("\x00  short text \n")) == ["short text"]
+    assert list(trainer_sentences("é" * 700, limit_bytes=1000)) == ["é" * 500, "é" * 200]
