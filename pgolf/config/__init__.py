@@ -13,6 +13,7 @@ import yaml
 
 from pgolf.config.base import Section, validate_section
 from pgolf.config.data import AuditParams, ExportParams, FetchParams, TokenizerParams
+from pgolf.config.quant import CalibrateParams, PackParams, QuantizeParams
 from pgolf.errors import ParamsError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
@@ -22,6 +23,9 @@ SECTIONS: dict[str, type[Section]] = {
     "tokenizer": TokenizerParams,
     "export": ExportParams,
     "audit": AuditParams,
+    "calibrate": CalibrateParams,
+    "quantize": QuantizeParams,
+    "pack": PackParams,
 }
 
 

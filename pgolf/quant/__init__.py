@@ -1,0 +1,1 @@
+"""Post-training quantization: Hessian collection on training data, GPTQ and round-to-nearest."""

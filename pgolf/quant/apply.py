@@ -1,0 +1,157 @@
+"""Quantize a model's state dict, tensor by tensor, as the `quantize` params say.
+
+Pure with respect to files: in-memory tensors and Hessians in, a `QuantizedModel` out, with a
+per-tensor report (relative reconstruction error, relative output error on the calibration
+inputs, also for round-to-nearest so GPTQ's gain is visible).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from pgolf.config.quant import QuantizeParams
+from pgolf.quant.gptq import gptq, relative_output_error, relative_reconstruction_error
+from pgolf.quant.groups import is_quantizable, tensor_group, unique_tensors
+from pgolf.quant.rtn import clip_search_scale, dequantize, qmax_for_bits, rtn, std_scale
+
+log = logging.getLogger(__name__)
+
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class QuantTensor:
+    """An integer matrix ``q`` (int8, |q| <= qmax(bits)) with per-row float16 `scale` [rows]."""
+
+    name: str
+    group: str
+    bits: int
+    q: torch.Tensor
+    scale: torch.Tensor
+    dtype: str
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.q, self.scale.float().unsqueeze(1)).to(STORAGE_DTYPES.get(self.dtype, torch.float32))
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """Everything the artifact holds: model config, integer tensors, float passthroughs, ties."""
+
+    model_config: dict
+    quantized: dict[str, QuantTensor]
+    passthrough: dict[str, torch.Tensor]
+    dtypes: dict[str, str]
+    aliases: dict[str, str] = field(default_factory=dict)
+    report: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Dequantized tensors under every name, aliases included, in their original dtypes."""
+        state = {name: qt.dequantize() for name, qt in self.quantized.items()}
+        for name, tensor in self.passthrough.items():
+            state[name] = tensor.to(STORAGE_DTYPES.get(self.dtypes.get(name, "float32"), torch.float32))
+        for alias, target in self.aliases.items():
+            state[alias] = state[target]
+        return state
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def row_scale(w: torch.Tensor, params: QuantizeParams, k: float, maxq: int, h: torch.Tensor | None) -> torch.Tensor:
+    """The per-row scale [rows, 1] the params ask for."""
+    if params.scale == "std":
+        return std_scale(w, k, maxq)
+    weights = None if h is None else torch.diagonal(h)
+    return clip_search_scale(w, maxq, weights, params.clip_candidates)
+
+
+def quantize_matrix(w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, bits: int, k: float) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(q int8, scale [rows, 1], method used). GPTQ needs H; without one it falls back to RTN."""
+    maxq = qmax_for_bits(bits)
+    scale = row_scale(w, params, k, maxq, h)
+    if params.method == "gptq" and h is not None:
+        q = gptq(w, h, scale, maxq, params.block_size, params.damp_frac, params.act_order)
+        return q, scale, "gptq"
+    return rtn(w, scale, maxq), scale, "rtn"
+
+
+def tensor_report(name: str, group: str, bits: int, method: str, w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, h: torch.Tensor | None, maxq: int) -> dict:
+    w_hat = dequantize(q, scale)
+    row = {
+        "name": name,
+        "group": group,
+        "bits": bits,
+        "method": method,
+        "shape": list(w.shape),
+        "rel_recon_err": relative_reconstruction_error(w, w_hat),
+        "rel_output_err": None,
+        "rel_output_err_rtn": None,
+    }
+    if h is not None:
+        row["rel_output_err"] = relative_output_error(w, w_hat, h)
+        row["rel_output_err_rtn"] = relative_output_error(w, dequantize(rtn(w, scale, maxq), scale), h)
+    return row
+
+
+def quantize_state(
+    state: dict[str, torch.Tensor],
+    hessians: dict[str, torch.Tensor],
+    params: QuantizeParams,
+    model_config: dict,
+) -> QuantizedModel:
+    """Quantize every large 2-D float tensor of `state`; keep the rest as passthrough floats.
+
+    `hessians` maps weight names (any of a tied tensor's names) to H [cols, cols]."""
+    unique, aliases = unique_tensors(state)
+    names_of: dict[str, list[str]] = {name: [name] for name in unique}
+    for alias, target in aliases.items():
+        names_of[target].append(alias)
+    quantized: dict[str, QuantTensor] = {}
+    passthrough: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, str] = {}
+    report: list[dict] = []
+    for name, tensor in unique.items():
+        tensor = tensor.detach().cpu()
+        dtypes[name] = dtype_name(tensor.dtype)
+        if not is_quantizable(tensor, params.min_numel):
+            passthrough[name] = tensor.to(STORAGE_DTYPES[params.passthrough_dtype]) if tensor.is_floating_point() else tensor
+            continue
+        group = tensor_group(name)
+        spec = getattr(params, group)
+        h = next((hessians[n] for n in names_of[name] if n in hessians), None)
+        w = tensor.float()
+        q, scale, method = quantize_matrix(w, h, params, spec.bits, spec.k)
+        quantized[name] = QuantTensor(name, group, spec.bits, q, scale.squeeze(1).half(), dtypes[name])
+        row = tensor_report(name, group, spec.bits, method, w, q, scale, h, qmax_for_bits(spec.bits))
+        report.append(row)
+        log.info("quantized: %s group: %s bits: %d method: %s rel_recon_err: %.3e rel_output_err: %s", name, group, spec.bits, method, row["rel_recon_err"], row["rel_output_err"])
+    return QuantizedModel(model_config, quantized, passthrough, dtypes, aliases, report)
+
+
+def summarize_report(report: list[dict]) -> dict[str, dict]:
+    """Per group: tensors, parameters, and the mean/max relative errors."""
+    out: dict[str, dict] = {}
+    for row in report:
+        g = out.setdefault(row["group"], {"tensors": 0, "params": 0, "recon": [], "output": [], "output_rtn": []})
+        g["tensors"] += 1
+        g["params"] += int(torch.tensor(row["shape"]).prod())
+        g["recon"].append(row["rel_recon_err"])
+        if row["rel_output_err"] is not None:
+            g["output"].append(row["rel_output_err"])
+            g["output_rtn"].append(row["rel_output_err_rtn"])
+    summary = {}
+    for group, g in out.items():
+        summary[group] = {
+            "tensors": g["tensors"],
+            "params": g["params"],
+            "rel_recon_err_mean": sum(g["recon"]) / len(g["recon"]),
+            "rel_recon_err_max": max(g["recon"]),
+            "rel_output_err_mean": sum(g["output"]) / len(g["output"]) if g["output"] else None,
+            "rel_output_err_rtn_mean": sum(g["output_rtn"]) / len(g["output_rtn"]) if g["output_rtn"] else None,
+        }
+    return summary

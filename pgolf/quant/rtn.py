@@ -1,0 +1,69 @@
+"""Symmetric per-row integer quantization: the pure primitives and round-to-nearest (RTN).
+
+A weight row ``w`` with scale ``s`` maps to integers ``q = clamp(round(w / s), -qmax, qmax)`` with
+``qmax = 2**(bits-1) - 1``: ``2*qmax + 1`` symbols centred on zero; ``q * s`` reconstructs it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MIN_BITS = 2
+MAX_BITS = 8
+FP16_TINY = 2.0**-14  # smallest positive normal float16: scales are stored as float16
+
+
+def qmax_for_bits(bits: int) -> int:
+    """Largest magnitude of a signed symmetric `bits`-bit integer: 2**(bits-1) - 1."""
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bits must lie in [{MIN_BITS}, {MAX_BITS}], got {bits}")
+    return 2 ** (bits - 1) - 1
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Integers (as floats) nearest to ``x / scale``, clamped to [-maxq, maxq]. Pure."""
+    return torch.clamp(torch.round(x / scale), -maxq, maxq)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``q * scale`` in float32; `scale` broadcasts over the rows of `q` ([rows, 1])."""
+    return q.float() * scale.float()
+
+
+def as_fp16_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Round scales to the float16 values the artifact stores (and keep them positive)."""
+    return scale.float().clamp(min=FP16_TINY, max=65504.0).half().float()
+
+
+def std_scale(w: torch.Tensor, k: float, maxq: int) -> torch.Tensor:
+    """Per-row scale ``k * std(row) / qmax`` as a [rows, 1] column (float16-representable)."""
+    std = w.float().std(dim=1, correction=0, keepdim=True)
+    return as_fp16_scale(k * std / maxq)
+
+
+def clip_search_scale(
+    w: torch.Tensor,
+    maxq: int,
+    weights: torch.Tensor | None = None,
+    candidates: int = 32,
+    min_ratio: float = 0.3,
+) -> torch.Tensor:
+    """Per-row scale ``r * max|row| / qmax`` with r in [min_ratio, 1] minimising the row's
+    squared rounding error, each column weighted by `weights` (e.g. diag(H); default uniform)."""
+    w = w.float()
+    col_w = torch.ones(w.shape[1]) if weights is None else weights.float().clamp(min=0)
+    absmax = w.abs().amax(dim=1, keepdim=True)
+    best_scale = as_fp16_scale(absmax / maxq)
+    best_err = torch.full((w.shape[0], 1), float("inf"))
+    for ratio in torch.linspace(min_ratio, 1.0, candidates).tolist():
+        scale = as_fp16_scale(ratio * absmax / maxq)
+        err = ((w - dequantize(quantize(w, scale, maxq), scale)) ** 2 * col_w).sum(dim=1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+    return best_scale
+
+
+def rtn(w: torch.Tensor, scale: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Round-to-nearest: the baseline every other method is compared with. int8 [rows, cols]."""
+    return quantize(w.float(), scale, maxq).to(torch.int8)
