@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from pgolf.config.aggregate import AggregateParams
 from pgolf.config.base import Section, validate_section
 from pgolf.config.data import AuditParams, ExportParams, FetchParams, TokenizerParams
 from pgolf.config.quant import CalibrateParams, PackParams, QuantizeParams
@@ -26,6 +27,7 @@ SECTIONS: dict[str, type[Section]] = {
     "calibrate": CalibrateParams,
     "quantize": QuantizeParams,
     "pack": PackParams,
+    "aggregate": AggregateParams,
 }
 
 
