@@ -14,6 +14,7 @@ import yaml
 from pgolf.config.aggregate import AggregateParams
 from pgolf.config.base import Section, validate_section
 from pgolf.config.data import AuditParams, ExportParams, FetchParams, TokenizerParams
+from pgolf.config.eval import EvalSlidingParams, EvalTTTParams
 from pgolf.config.quant import CalibrateParams, PackParams, QuantizeParams
 from pgolf.errors import ParamsError
 
@@ -27,6 +28,8 @@ SECTIONS: dict[str, type[Section]] = {
     "calibrate": CalibrateParams,
     "quantize": QuantizeParams,
     "pack": PackParams,
+    "eval_sliding": EvalSlidingParams,
+    "eval_ttt": EvalTTTParams,
     "aggregate": AggregateParams,
 }
 

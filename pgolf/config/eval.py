@@ -1,0 +1,64 @@
+"""Params sections of the evaluation stages: `eval_sliding`, `eval_ttt` (and `plain` for the CLI).
+
+Defaults suit the default small model (trained at seq_len 256) on a 2-core CPU; the values of
+the public records are given in descriptions as "records: ...".
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pgolf.config.base import Section
+
+
+class EvalPlainParams(Section):
+    """Non-overlapping evaluation (`pgolf eval --method plain`): consecutive windows of seq_len."""
+
+    seq_len: int = Field(256, ge=1, le=65536, description="tokens of context per window; windows do not overlap (official: 1024)")
+    batch_size: int = Field(32, ge=1, le=65536, description="windows per forward pass")
+
+
+class EvalSlidingParams(Section):
+    """`eval_sliding`: windows of `window` tokens every `stride`; each later window scores its last `stride`."""
+
+    window: int = Field(256, ge=1, le=65536, description="tokens of context per window (records: 2048)")
+    stride: int = Field(64, ge=1, le=65536, description="tokens between window starts, the tokens each later window scores (records: 64)")
+    batch_size: int = Field(32, ge=1, le=65536, description="windows per forward pass")
+    doc_bounded: bool = Field(False, description="true: the context never reaches back past the BOS of the token's document (windows restart at each document)")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> EvalSlidingParams:
+        if self.stride > self.window:
+            raise ValueError(f"stride ({self.stride}) must be <= window ({self.window})")
+        return self
+
+
+class EvalTTTParams(Section):
+    """`eval_ttt`: score-first test-time training over document chunks, with a legality check."""
+
+    adapter: Literal["lora", "sgd"] = Field("lora", description="lora: a LoRA per document lane on the linear layers; sgd: plain SGD on every weight of the model")
+    chunk_tokens: int = Field(64, ge=1, le=65536, description="targets per chunk: a chunk is scored, then trained on (records: 48)")
+    window: int = Field(256, ge=2, le=65536, description="most tokens of context when scoring or training a chunk; must be >= chunk_tokens")
+    batch_docs: int = Field(32, ge=1, le=4096, description="documents adapted side by side (lora only; lanes are independent); sgd needs 1")
+    lr: float = Field(0.003, ge=0.0, le=10.0, description="learning rate (Adam for lora, SGD for sgd); 0 reproduces val_bpb_no_ttt exactly")
+    steps: int = Field(1, ge=1, le=1000, description="optimizer steps on each chunk after it is scored")
+    lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank (records: ~80 on a 512-wide model)")
+    lora_alpha: float = Field(16.0, gt=0.0, le=1.0e4, description="LoRA scale = lora_alpha / lora_rank")
+    lora_targets: str = Field(r"(c_q|c_v|lm_head)$", min_length=1, description="regex (re.search) on module names: matching nn.Linear layers get a LoRA")
+    reset: Literal["document", "keep"] = Field("document", description="document: each document starts from fresh LoRA and optimizer state; keep: a lane carries them to its next document")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="sgd: momentum")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="lora: Adam beta1")
+    beta2: float = Field(0.999, ge=0.0, lt=1.0, description="lora: Adam beta2")
+    seed: int = Field(0, ge=0, description="seed of the LoRA A matrices and of the legality check's perturbations")
+    legality_tokens: int = Field(1024, ge=16, le=1_000_000, description="the legality check reruns TTT on the first N validation tokens")
+    legality_cuts: int = Field(2, ge=1, le=64, description="positions t at which tokens >= t are perturbed for check C1")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalTTTParams:
+        if self.chunk_tokens > self.window:
+            raise ValueError(f"chunk_tokens ({self.chunk_tokens}) must be <= window ({self.window})")
+        if self.adapter == "sgd" and self.batch_docs != 1:
+            raise ValueError(f"batch_docs must be 1 when adapter is sgd (lanes would share weights across documents), got {self.batch_docs}")
+        return self

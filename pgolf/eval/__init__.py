@@ -1,0 +1,1 @@
+"""Evaluation: exact val_bpb with plain, sliding-window and score-first test-time-training scoring."""

@@ -1,0 +1,54 @@
+"""Shared pieces of the evaluation tests: a tiny causal LM, random document streams, a byte table."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pgolf.eval.bpb import ValStream, stream_from_tokens
+from pgolf.tokenizer import ByteTable
+
+BOS = 1
+VOCAB = 24
+
+
+class TinyCausalLM(nn.Module):
+    """Embedding + one causal attention head (q/k/v Linear) + a Linear head: logits [B, T, V]."""
+
+    def __init__(self, vocab: int = VOCAB, dim: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.emb = nn.Embedding(vocab, dim)
+        self.c_q, self.c_k, self.c_v = (nn.Linear(dim, dim) for _ in range(3))
+        self.lm_head = nn.Linear(dim, vocab)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.emb(idx)  # [B, T, C]
+        q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+        y = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], is_causal=True)[:, 0]
+        return self.lm_head(x + y)
+
+
+def byte_table(vocab: int = VOCAB) -> ByteTable:
+    """ids 0..3 boundary (0 bytes); 4..7 byte pieces (1 byte); the rest 1-3 bytes, odd ids with a leading space."""
+    ids = np.arange(vocab)
+    boundary = ids < 4
+    base = np.where(boundary, 0, np.where(ids < 8, 1, 1 + ids % 3)).astype(np.int16)
+    space = (ids >= 8) & (ids % 2 == 1)
+    return ByteTable(base_bytes=base, has_leading_space=space, is_boundary=boundary)
+
+
+def random_tokens(doc_lengths: list[int], seed: int = 0, vocab: int = VOCAB) -> np.ndarray:
+    """Documents of BOS + `length` non-boundary tokens each, concatenated."""
+    rng = np.random.default_rng(seed)
+    docs = [np.concatenate([[BOS], rng.integers(4, vocab, size=n)]) for n in doc_lengths]
+    return np.concatenate(docs).astype(np.int64)
+
+
+def random_stream(doc_lengths: list[int], seed: int = 0, vocab: int = VOCAB) -> ValStream:
+    return stream_from_tokens(random_tokens(doc_lengths, seed, vocab), byte_table(vocab), BOS)
