@@ -1,0 +1,138 @@
+"""Export: documents -> official shards; determinism across workers; official reuse; errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from data_helpers import english_docs, make_fetch_dir
+
+from pgolf.config.data import ExportParams, TokenizerParams
+from pgolf.data.docs import read_fetched
+from pgolf.data.export import SHARDS_MANIFEST, export_shards
+from pgolf.data.shards import list_shards, load_tokens, read_header, shard_name, write_shard
+from pgolf.errors import DataError, ShardError
+from pgolf.tokenizer import MODEL_FILE, build_tokenizer, load_processor
+
+VAL_DOCS = 12
+SHARD_TOKENS = 4096
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    docs = english_docs()[:120]
+    fetched = make_fetch_dir(root / "fetch", docs)
+    build_tokenizer(fetched, TokenizerParams(vocab_size=512), ExportParams(val_docs=VAL_DOCS), root / "tok")
+    return root, docs, fetched
+
+
+def _params(**kw):
+    return ExportParams(**{"val_docs": VAL_DOCS, "shard_tokens": SHARD_TOKENS, "workers": 1, "batch_docs": 7, **kw})
+
+
+def test_export_shards_hold_bos_plus_ids_split_and_filled(setup, tmp_path):
+    root, docs, fetched = setup
+    manifest = export_shards(read_fetched(fetched), root / "tok", _params(), tmp_path / "shards")
+    sp = load_processor(root / "tok" / MODEL_FILE)
+    expected = {
+        split: np.concatenate([np.array([1, *sp.encode(d)]) for d in part])
+        for split, part in (("val", docs[:VAL_DOCS]), ("train", docs[VAL_DOCS:]))
+    }
+    for split, tokens in expected.items():
+        paths = list_shards(tmp_path / "shards", split)
+        assert load_tokens(paths).tolist() == tokens.tolist()
+        assert [read_header(p) for p in paths[:-1]] == [SHARD_TOKENS] * (len(paths) - 1)
+        assert 0 < read_header(paths[-1]) <= SHARD_TOKENS
+        assert manifest[f"files_{split}"] == len(paths) and manifest[f"tokens_{split}"] == tokens.size
+    assert manifest["files_train"] > 1, "documents should span several train shards"
+    assert manifest["docs_val"] == VAL_DOCS and manifest["docs_train"] == len(docs) - VAL_DOCS
+    assert manifest["vocab_size"] == 512 and manifest["bos_id"] == 1 and manifest["shard_tokens"] == SHARD_TOKENS
+    assert manifest["source"] == "tokenized"
+    assert json.loads((tmp_path / "shards" / SHARDS_MANIFEST).read_text()) == manifest
+    assert len(manifest["tokenizer_sha256"]) == 64
+
+
+def test_export_identical_for_one_and_two_workers(setup, tmp_path):
+    root, _, fetched = setup
+    export_shards(read_fetched(fetched), root / "tok", _params(workers=1), tmp_path / "one")
+    export_shards(read_fetched(fetched), root / "tok", _params(workers=2, batch_docs=5), tmp_path / "two")
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+    two = {p.name: p.read_bytes() for p in (tmp_path / "two").iterdir()}
+    assert one == two
+
+
+def test_export_val_docs_leaving_no_training_data(setup, tmp_path):
+    root, docs, fetched = setup
+    with pytest.raises(DataError, match="leaves no training documents"):
+        export_shards(read_fetched(fetched), root / "tok", _params(val_docs=len(docs)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_document_count_must_match_the_fetch_manifest(setup, tmp_path):
+    root, docs, _ = setup
+    fetched = make_fetch_dir(tmp_path / "fetch", docs[:30])
+    manifest = json.loads((fetched / "manifest.json").read_text())
+    (fetched / "manifest.json").write_text(json.dumps({**manifest, "num_docs": 31}))
+    with pytest.raises(DataError, match="30 documents, the fetch manifest says 31"):
+        export_shards(read_fetched(fetched), root / "tok", _params(), tmp_path / "out")
+
+
+def test_export_untokenizable_document_is_named(setup, tmp_path):
+    root, docs, _ = setup
+    fetched = make_fetch_dir(tmp_path / "fetch", docs[:20])
+    with (fetched / "docs.jsonl").open("a") as handle:
+        handle.write('{"text": "bad \\ud800 surrogate"}\n')
+    manifest = json.loads((fetched / "manifest.json").read_text())
+    (fetched / "manifest.json").write_text(json.dumps({**manifest, "num_docs": 21}))
+    with pytest.raises(DataError, match="document 20 cannot be tokenized"):
+        export_shards(read_fetched(fetched), root / "tok", _params(), tmp_path / "out")
+
+
+def test_export_without_documents(setup, tmp_path):
+    root, _, _ = setup
+    (tmp_path / "fetch").mkdir()
+    (tmp_path / "fetch" / "manifest.json").write_text('{"source": "builtin"}')
+    with pytest.raises(DataError, match="no documents"):
+        export_shards(read_fetched(tmp_path / "fetch"), root / "tok", _params(), tmp_path / "out")
+
+
+def _official_fetch(tmp_path, setup, streams: dict[str, list[list[int]]]):
+    """An hf-style fetch: official tokenizer + shards (one list of tokens per shard)."""
+    root, docs, _ = setup
+    fetch = tmp_path / "fetch"
+    shards = fetch / "datasets" / "fineweb10B_sp512"
+    shards.mkdir(parents=True)
+    (fetch / "tokenizers").mkdir()
+    (fetch / "tokenizers" / "fineweb_512_bpe.model").write_bytes((root / "tok" / MODEL_FILE).read_bytes())
+    for split, files in streams.items():
+        for i, tokens in enumerate(files):
+            write_shard(shards / shard_name(split, i), np.array(tokens))
+    make_fetch_dir(fetch, docs[:3], source="hf", shards_dir="datasets/fineweb10B_sp512", tokenizer_model="tokenizers/fineweb_512_bpe.model")
+    build_tokenizer(fetch, TokenizerParams(reuse="official", vocab_size=512), ExportParams(val_docs=1), tmp_path / "tok")
+    return read_fetched(fetch), shards
+
+
+def test_export_reuses_official_shards(setup, tmp_path):
+    streams = {"val": [[1, 40, 41, 1, 42], [43, 1, 44]], "train": [[1, 50, 51, 52, 1], [53]]}
+    fetched, shards = _official_fetch(tmp_path, setup, streams)
+    manifest = export_shards(fetched, tmp_path / "tok", _params(), tmp_path / "out")
+    assert manifest["source"] == "official"
+    assert (manifest["docs_val"], manifest["tokens_val"], manifest["files_val"]) == (3, 8, 2)
+    assert (manifest["docs_train"], manifest["tokens_train"], manifest["files_train"]) == (2, 6, 2)
+    assert manifest["shard_tokens"] == 5
+    for split in ("val", "train"):
+        for path in list_shards(shards, split):
+            assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_export_official_shards_are_validated(setup, tmp_path):
+    fetched, shards = _official_fetch(tmp_path, setup, {"val": [[1, 40]], "train": [[1, 50]]})
+    (shards / shard_name("train", 0)).write_bytes(b"")
+    with pytest.raises(ShardError, match="empty file"):
+        export_shards(fetched, tmp_path / "tok", _params(), tmp_path / "out")
+    write_shard(shards / shard_name("train", 0), np.array([1, 600]))
+    with pytest.raises(DataError, match="token id 600 >= vocab_size 512"):
+        export_shards(fetched, tmp_path / "tok", _params(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
