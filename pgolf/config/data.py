@@ -17,12 +17,12 @@ class FetchParams(Section):
     source: Literal["builtin", "hf"] = Field("builtin", description="builtin: pinned offline corpus; hf: the official dataset repo on the hub")
     builtin: list[BuiltinSource] = Field(["sotu"], min_length=1, description="pinned corpora concatenated for source=builtin (see README: 'The default corpus')")
     doc_target_bytes: int = Field(4000, ge=200, le=1_000_000, description="builtin: long texts are split at paragraph breaks into documents of about this many UTF-8 bytes")
-    shuffle_seed: int = Field(1337, ge=0, description="seed of the stable document shuffle (validation = the first export.val_docs)")
-    cache_dir: str = Field(".cache/pgolf", min_length=1, description="where pinned archives are downloaded once and re-verified by sha256")
+    shuffle_seed: int = Field(1337, ge=0, le=2**63 - 1, description="builtin: seed of the stable document shuffle (validation = the first export.val_docs)")
+    cache_dir: str = Field(".cache/pgolf", min_length=1, description="download cache: pinned archives (re-verified by sha256) and the hub client's cache")
     repo_id: str = Field("willdepueoai/parameter-golf", pattern=r"^[\w.-]+/[\w.-]+$", description="hf: dataset repo id")
     revision: str = Field("main", min_length=1, description="hf: branch, tag or commit of the dataset repo")
-    endpoint: str | None = Field(None, description="hf: hub endpoint URL; null = the client's default")
-    remote_root: str = Field("datasets", description="hf: folder inside the repo holding manifest.json")
+    endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+", description="hf: hub endpoint URL (http or https); null = the client's default")
+    remote_root: str = Field("datasets", pattern=r"^([\w.-]+(/[\w.-]+)*)?$", description="hf: folder inside the repo holding manifest.json (relative, no '..'; empty = the repo root)")
     variant: str = Field("sp1024", pattern=r"^(sp\d+|byte260)$", description="hf: tokenizer variant of the shards, e.g. sp1024")
     train_shards: int = Field(1, ge=0, le=10_000, description="hf: how many training shards to download (the first N)")
     with_docs: bool = Field(False, description="hf: also download the raw documents (docs_selected.jsonl) for retokenizing")
@@ -32,6 +32,13 @@ class FetchParams(Section):
     def _unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("each corpus may be listed once")
+        return value
+
+    @field_validator("remote_root")
+    @classmethod
+    def _inside_repo(cls, value: str) -> str:
+        if any(part in (".", "..") for part in value.split("/")):
+            raise ValueError("must not contain '.' or '..' path parts")
         return value
 
 
