@@ -14,6 +14,7 @@ import yaml
 from pgolf.config.aggregate import AggregateParams
 from pgolf.config.base import Section, validate_section
 from pgolf.config.data import AuditParams, ExportParams, FetchParams, TokenizerParams
+from pgolf.config.train import TrainParams
 from pgolf.config.eval import EvalSlidingParams, EvalTTTParams
 from pgolf.config.quant import CalibrateParams, PackParams, QuantizeParams
 from pgolf.errors import ParamsError
@@ -25,6 +26,7 @@ SECTIONS: dict[str, type[Section]] = {
     "tokenizer": TokenizerParams,
     "export": ExportParams,
     "audit": AuditParams,
+    "train": TrainParams,
     "calibrate": CalibrateParams,
     "quantize": QuantizeParams,
     "pack": PackParams,

@@ -1,0 +1,147 @@
+"""Params section `train`: the model shape (`train.model`), the optimizers (`train.optim`), the
+schedule, batching, validation, checkpointing and distribution of the training stage.
+
+Defaults train a small model on a 2-core CPU in about two minutes; the official baseline's values
+are given in each description as "official: ...".
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pgolf.config.base import Section
+
+BASELINE_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+class ModelParams(Section):
+    """`train.model`: every architectural choice of the GPT (official baseline shape in descriptions)."""
+
+    vocab_size: int | None = Field(None, ge=2, le=65536, description="vocabulary size; null = take it from the shards' manifest.json")
+    num_layers: int = Field(4, ge=1, le=64, description="transformer blocks (official: 9)")
+    model_dim: int = Field(128, ge=8, le=8192, description="residual stream width (official: 512)")
+    num_heads: int = Field(4, ge=1, le=128, description="query heads (official: 8)")
+    num_kv_heads: int = Field(2, ge=1, le=128, description="key/value heads, GQA; must divide num_heads (official: 4)")
+    mlp_mult: float = Field(2.0, gt=0, le=16, description="MLP hidden width = mlp_mult * model_dim (official: 2)")
+    activation: Literal["relu2", "leaky_relu2"] = Field("relu2", description="MLP activation: relu(x)^2, or leaky_relu(x, slope)^2 (frontier)")
+    leaky_slope: float = Field(0.5, ge=0.0, le=1.0, description="negative slope of leaky_relu2 (frontier: 0.5)")
+    rope_base: float = Field(10000.0, gt=1.0, description="RoPE frequency base (official: 10000)")
+    rope_dims: int | None = Field(None, ge=2, description="rotated dims per head, even; null = the whole head (frontier: 16 of 64)")
+    qk_gain_init: float = Field(1.5, gt=0.0, le=100.0, description="initial per-head gain on normalized queries (official: 1.5)")
+    logit_softcap: float | None = Field(30.0, gt=0.0, description="logits = c*tanh(z/c); null = no cap (official: 30)")
+    tied_embeddings: bool = Field(True, description="output head shares the token embedding matrix (official: true)")
+    tied_embed_init_std: float = Field(0.005, gt=0.0, le=1.0, description="init std of the tied embedding (official: 0.005)")
+    skips: bool = Field(True, description="U-Net skips: second-half blocks add weighted outputs of first-half blocks (official: true)")
+    resid_mix: bool = Field(True, description="each block mixes its input with the normalized embedding x0 by learned weights (official: true)")
+    norm_eps: float | None = Field(None, gt=0.0, le=1.0, description="RMSNorm epsilon; null = torch's default for the dtype")
+
+    @model_validator(mode="after")
+    def _shape(self) -> ModelParams:
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"model_dim ({self.model_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
+        head_dim = self.model_dim // self.num_heads
+        if head_dim % 2:
+            raise ValueError(f"head dim model_dim/num_heads = {head_dim} must be even for RoPE")
+        if self.rope_dims is not None and (self.rope_dims % 2 or self.rope_dims > head_dim):
+            raise ValueError(f"rope_dims ({self.rope_dims}) must be even and <= the head dim ({head_dim})")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+
+class AdamGroupParams(Section):
+    """One Adam parameter group (embeddings, output head, or scalars/vectors)."""
+
+    lr: float = Field(..., ge=0.0, le=10.0, description="peak learning rate")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam beta1 (official: 0.9)")
+    beta2: float = Field(0.95, ge=0.0, lt=1.0, description="Adam beta2 (official: 0.95)")
+    eps: float = Field(1.0e-8, gt=0.0, le=1.0, description="Adam epsilon (official: 1e-8)")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="decoupled (AdamW) weight decay; 0 = plain Adam")
+
+
+class MuonParams(Section):
+    """The Muon group: 2-D matrices inside the blocks."""
+
+    lr: float = Field(0.04, ge=0.0, le=10.0, description="peak learning rate (official: 0.04)")
+    momentum: float = Field(0.95, ge=0.0, lt=1.0, description="momentum after warm-up (official: 0.95; frontier: 0.97)")
+    momentum_warmup_start: float = Field(0.85, ge=0.0, lt=1.0, description="momentum at step 0, linear to `momentum` (official: 0.85)")
+    momentum_warmup_steps: int = Field(500, ge=0, description="steps of momentum warm-up; 0 = none (official: 500)")
+    nesterov: bool = Field(True, description="Nesterov momentum (official: true)")
+    ns_steps: int = Field(5, ge=1, le=20, description="Newton-Schulz iterations (official: 5)")
+    ns_coefficients: list[list[float]] = Field(
+        [list(BASELINE_NS_COEFFICIENTS)],
+        min_length=1,
+        description="(a, b, c) per Newton-Schulz iteration: one triple reused every step, or ns_steps triples (a schedule)",
+    )
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="decoupled weight decay, p -= lr*wd*p (frontier: ~0.04)")
+    row_normalize: bool = Field(False, description="scale each row of the orthogonalized update to unit RMS (frontier variant)")
+
+    @model_validator(mode="after")
+    def _coefficients(self) -> MuonParams:
+        if any(len(triple) != 3 for triple in self.ns_coefficients):
+            raise ValueError("ns_coefficients: each entry must be an (a, b, c) triple")
+        if len(self.ns_coefficients) not in (1, self.ns_steps):
+            raise ValueError(f"ns_coefficients: give 1 triple or ns_steps={self.ns_steps} triples, got {len(self.ns_coefficients)}")
+        return self
+
+
+class OptimParams(Section):
+    """`train.optim`: Muon for block matrices, Adam for embeddings, head and scalars."""
+
+    matrix: MuonParams = Field(default_factory=MuonParams, description="Muon group: 2-D block matrices")
+    embed: AdamGroupParams = Field(AdamGroupParams(lr=0.05), description="token embedding (official: 0.05 tied, 0.6 untied)")
+    head: AdamGroupParams = Field(AdamGroupParams(lr=0.008), description="untied output head (official: 0.008)")
+    scalar: AdamGroupParams = Field(AdamGroupParams(lr=0.04), description="vectors and scalars: gains, mixes, skip weights (official: 0.04)")
+    grad_clip_norm: float = Field(0.0, ge=0.0, description="clip the global gradient norm; 0 = off (official: 0)")
+
+
+class TrainParams(Section):
+    """`train`: the training stage."""
+
+    model: ModelParams = Field(default_factory=ModelParams, description="architecture")
+    optim: OptimParams = Field(default_factory=OptimParams, description="optimizers")
+    seed: int = Field(1337, ge=0, description="seed of the initialization (data order is the fixed shard order)")
+    iterations: int = Field(600, ge=1, description="optimizer steps (official: 20000); the run stops at this or the wall-clock cap")
+    max_wallclock_seconds: float = Field(0.0, ge=0.0, description="stop training after this many seconds, warmdown timed from the clock; 0 = no cap (official: 600)")
+    lr_warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps (official: 0)")
+    warmdown_fraction: float = Field(0.3, ge=0.0, le=1.0, description="last fraction of the run (steps or wall-clock) with a linear lr decay (official: 1200/20000)")
+    final_lr_fraction: float = Field(0.0, ge=0.0, le=1.0, description="lr multiplier reached at the end of warmdown")
+    batch_tokens: int = Field(4096, ge=1, description="tokens per optimizer step over all ranks (official: 524288)")
+    seq_len: int = Field(256, ge=2, le=65536, description="training sequence length (official: 1024)")
+    grad_accum_steps: int = Field(1, ge=1, le=4096, description="micro-batches per step summed over all ranks (official: 8); a multiple of nproc")
+    val_every: int = Field(100, ge=0, description="validate every N steps (and always at the end); 0 = only at the end")
+    val_tokens: int = Field(131072, ge=0, description="size of the fixed validation subset (first N val tokens); 0 = the whole val split")
+    val_batch_tokens: int = Field(32768, ge=1, description="tokens per validation forward pass over all ranks")
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description="EMA of weights, saved instead of the raw weights; 0 = off (frontier: ~0.997)")
+    checkpoint_every: int = Field(200, ge=0, description="save a resumable checkpoint every N steps; 0 = only on interrupt")
+    resume: bool = Field(True, description="continue from the resume checkpoint of the same params and data if one exists")
+    resume_dir: str = Field(".cache/pgolf/train-resume", min_length=1, description="where resumable checkpoints live (outside DVC outs, which DVC deletes before a run)")
+    log_every: int = Field(50, ge=1, description="log the train loss every N steps")
+    nproc: int = Field(1, ge=1, le=64, description="processes; > 1 relaunches the stage under torchrun (NCCL on CUDA, gloo on CPU)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if available")
+    compile: bool = Field(False, description="torch.compile the model (CUDA only; ignored on CPU)")
+    threads: int = Field(0, ge=0, le=1024, description="CPU threads for torch; 0 = torch's default")
+
+    @model_validator(mode="after")
+    def _batching(self) -> TrainParams:
+        if self.grad_accum_steps % self.nproc:
+            raise ValueError(f"grad_accum_steps ({self.grad_accum_steps}) must be a multiple of nproc ({self.nproc})")
+        micro = self.batch_tokens // self.grad_accum_steps
+        if self.batch_tokens % self.grad_accum_steps or micro % self.seq_len:
+            raise ValueError(
+                f"batch_tokens ({self.batch_tokens}) must split into grad_accum_steps ({self.grad_accum_steps}) "
+                f"micro-batches of whole seq_len ({self.seq_len}) sequences"
+            )
+        if self.val_batch_tokens % (self.seq_len * self.nproc):
+            raise ValueError(f"val_batch_tokens ({self.val_batch_tokens}) must be a multiple of seq_len*nproc ({self.seq_len * self.nproc})")
+        return self
+
+    @property
+    def micro_batch_tokens(self) -> int:
+        return self.batch_tokens // self.grad_accum_steps

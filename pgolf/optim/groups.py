@@ -1,0 +1,86 @@
+"""Parameter groups as data: which optimizer owns which parameter, and its hyper-parameters.
+
+`GROUP_TABLE` is read top to bottom; the first rule that matches a parameter owns it. Every
+parameter lands in exactly one group (`assign_groups` checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pgolf.config.train import OptimParams
+from pgolf.optim.muon import Muon
+
+Rule = Callable[[str, nn.Parameter], bool]
+
+
+@dataclass(frozen=True)
+class GroupRule:
+    name: str  # also the key of its hyper-parameters in train.optim
+    kind: str  # "muon" | "adam"
+    matches: Rule
+
+
+GROUP_TABLE: tuple[GroupRule, ...] = (
+    GroupRule("embed", "adam", lambda name, p: name == "tok_emb.weight"),
+    GroupRule("head", "adam", lambda name, p: name == "lm_head.weight"),
+    GroupRule("matrix", "muon", lambda name, p: name.startswith("blocks.") and p.ndim == 2 and not name.endswith("resid_mix")),
+    GroupRule("scalar", "adam", lambda name, p: True),
+)
+
+
+def assign_groups(model: nn.Module, table: tuple[GroupRule, ...] = GROUP_TABLE) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Group name -> [(param name, param)], each trainable parameter in exactly one group."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {rule.name: [] for rule in table}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        owner = next((rule for rule in table if rule.matches(name, param)), None)
+        if owner is None:
+            raise ValueError(f"parameter {name} matches no optimizer group")
+        groups[owner.name].append((name, param))
+    return groups
+
+
+def build_optimizers(model: nn.Module, params: OptimParams) -> list[torch.optim.Optimizer]:
+    """One optimizer per non-empty group, in table order; each param group carries `base_lr`."""
+    optimizers: list[torch.optim.Optimizer] = []
+    for rule in GROUP_TABLE:
+        named = assign_groups(model)[rule.name]
+        if not named:
+            continue
+        tensors = [p for _, p in named]
+        hp = getattr(params, rule.name)
+        if rule.kind == "muon":
+            opt: torch.optim.Optimizer = Muon(
+                tensors,
+                lr=hp.lr,
+                momentum=hp.momentum,
+                nesterov=hp.nesterov,
+                ns_steps=hp.ns_steps,
+                ns_coefficients=hp.ns_coefficients,
+                weight_decay=hp.weight_decay,
+                row_normalize=hp.row_normalize,
+            )
+        else:
+            opt = torch.optim.AdamW(
+                tensors, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, weight_decay=hp.weight_decay, fused=False
+            )
+        for group in opt.param_groups:
+            group["base_lr"] = hp.lr
+            group["group_name"] = rule.name
+        optimizers.append(opt)
+    return optimizers
+
+
+def set_schedule(optimizers: list[torch.optim.Optimizer], lr_scale: float, muon_momentum: float) -> None:
+    """Apply this step's lr multiplier to every group and the warmed-up momentum to Muon."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_scale
+            if isinstance(opt, Muon):
+                group["momentum"] = muon_momentum

@@ -1,0 +1,120 @@
+"""Muon: momentum SGD whose update for each 2-D matrix is orthogonalized by Newton-Schulz.
+
+The numerics are pure functions (`newton_schulz`, `muon_update`); `Muon` is a thin optimizer
+around them. Idea and coefficients: K. Jordan et al., "Muon" (kellerjordan.github.io/posts/muon),
+as used by modded-nanogpt and the Parameter Golf baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+Coefficients = Sequence[Sequence[float]]
+NS_EPS = 1e-7
+BASELINE_COEFFICIENTS = ((3.4445, -4.7750, 2.0315),)
+# Per-iteration schedule for 5 steps from "The Polar Express" (Amsel et al., 2025), as used by
+# modded-nanogpt and frontier records; paste into train.optim.matrix.ns_coefficients to use it.
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+
+def newton_schulz(G: Tensor, steps: int, coefficients: Coefficients) -> Tensor:
+    """Approximate U V^T of G = U S V^T with `steps` quintic iterations X <- aX + (bA + cA^2)X, A = XX^T.
+
+    `coefficients` holds one (a, b, c) triple used at every step, or one triple per step.
+    Runs in bfloat16 on CUDA and float32 elsewhere; returns G's shape in float32.
+    """
+    if G.ndim != 2:
+        raise ValueError(f"newton_schulz needs a matrix, got shape {tuple(G.shape)}")
+    if len(coefficients) not in (1, steps):
+        raise ValueError(f"need 1 or {steps} coefficient triples, got {len(coefficients)}")
+    schedule = list(coefficients) * steps if len(coefficients) == 1 else list(coefficients)
+    dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    X = G.to(dtype)
+    transposed = X.size(0) > X.size(1)
+    if transposed:
+        X = X.T  # iterate on the wide orientation: A = XX^T is the small Gram matrix
+    X = X / (X.norm() + NS_EPS)  # spectral norm <= Frobenius norm <= 1
+    for a, b, c in schedule[:steps]:
+        A = X @ X.T
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    if transposed:
+        X = X.T
+    return X.float()
+
+
+def nesterov_momentum(grad: Tensor, buffer: Tensor, momentum: float, nesterov: bool) -> Tensor:
+    """Update `buffer` in place (buf = m*buf + g) and return the direction to orthogonalize."""
+    buffer.mul_(momentum).add_(grad)
+    return grad.add(buffer, alpha=momentum) if nesterov else buffer.clone()
+
+
+def muon_update(direction: Tensor, steps: int, coefficients: Coefficients, row_normalize: bool) -> Tensor:
+    """The orthogonalized update of one matrix, scaled by sqrt(max(1, rows/cols)).
+
+    With `row_normalize` each row is rescaled to unit RMS after orthogonalization.
+    """
+    update = newton_schulz(direction, steps, coefficients)
+    if row_normalize:
+        update = update / (update.pow(2).mean(dim=1, keepdim=True).sqrt() + NS_EPS)
+    return update * max(1.0, direction.size(0) / direction.size(1)) ** 0.5
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D parameters. Group keys: lr, momentum, nesterov, ns_steps, ns_coefficients,
+    weight_decay (decoupled: p -= lr*wd*p), row_normalize."""
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        ns_coefficients: Coefficients = BASELINE_COEFFICIENTS,
+        weight_decay: float = 0.0,
+        row_normalize: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            ns_coefficients=[list(t) for t in ns_coefficients],
+            weight_decay=weight_decay,
+            row_normalize=row_normalize,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(f"Muon takes 2-D parameters only, got shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch.optim signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                direction = nesterov_momentum(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
+                update = muon_update(direction, group["ns_steps"], group["ns_coefficients"], group["row_normalize"])
+                if group["weight_decay"]:
+                    p.mul_(1.0 - group["lr"] * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-group["lr"])
+        return loss

@@ -1,0 +1,1 @@
+"""Training: data streams, schedules, the loop, checkpoints, EMA and the stage entry point."""

@@ -1,0 +1,28 @@
+"""Training curves through DVCLive (rank 0 only); `dvc plots show` draws them from dvc.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Curves:
+    """Loss, lr and tokens/s against step; a no-op when `directory` is None (other ranks, tests)."""
+
+    def __init__(self, directory: Path | None, resume: bool) -> None:
+        self.live = None
+        if directory is not None:
+            from dvclive import Live
+
+            self.live = Live(str(directory), dvcyaml=False, resume=resume, save_dvc_exp=False, report=None)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if self.live is None:
+            return
+        self.live.step = step
+        for name, value in values.items():
+            self.live.log_metric(name, value)
+        self.live.next_step()
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.end()

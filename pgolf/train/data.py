@@ -1,0 +1,96 @@
+"""Token batches from shards: one stream read in order, wrapping around, split across ranks.
+
+Every accumulation round takes one contiguous chunk of `world_size * (micro_tokens + 1)` tokens
+from the shared stream and gives rank r the r-th span (as the official loader does), so the
+tokens of a step depend only on `batch_tokens` and `grad_accum_steps`, never on the world size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pgolf.data.shards import read_header, read_shard
+from pgolf.dist import DistInfo
+from pgolf.errors import DataError
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """Where the training stream resumes: shard index and token offset inside it."""
+
+    shard: int = 0
+    offset: int = 0
+
+
+class TokenStream:
+    """Reads shards in order and wraps around forever; `position` is saved in checkpoints."""
+
+    def __init__(self, paths: list[Path], position: StreamPosition = StreamPosition()) -> None:
+        if not paths:
+            raise DataError("no training shards found")
+        if not all(read_header(p) > 0 for p in paths):
+            raise DataError(f"{paths[0].parent}: a training shard holds no tokens")
+        if not (0 <= position.shard < len(paths)):
+            raise DataError(f"resume position shard {position.shard} out of range (have {len(paths)} shards)")
+        self.paths = paths
+        self.shard = position.shard
+        self.tokens = read_shard(paths[self.shard])
+        if not (0 <= position.offset <= len(self.tokens)):
+            raise DataError(f"resume position offset {position.offset} out of range for {paths[self.shard].name}")
+        self.offset = position.offset
+
+    @property
+    def position(self) -> StreamPosition:
+        return StreamPosition(self.shard, self.offset)
+
+    def take(self, n: int) -> np.ndarray:
+        """The next n tokens as int64."""
+        chunks: list[np.ndarray] = []
+        while n > 0:
+            if self.offset >= len(self.tokens):
+                self.shard = (self.shard + 1) % len(self.paths)
+                self.tokens, self.offset = read_shard(self.paths[self.shard]), 0
+            k = min(n, len(self.tokens) - self.offset)
+            chunks.append(np.asarray(self.tokens[self.offset : self.offset + k], dtype=np.int64))
+            self.offset += k
+            n -= k
+        return np.concatenate(chunks)
+
+
+class DistributedBatches:
+    """Micro-batches (x, y) [micro_tokens/seq_len, seq_len] for this rank, y = x shifted by one."""
+
+    def __init__(self, stream: TokenStream, info: DistInfo, micro_tokens: int, seq_len: int) -> None:
+        if micro_tokens % seq_len:
+            raise ValueError(f"micro-batch of {micro_tokens} tokens is not a whole number of {seq_len}-token sequences")
+        self.stream, self.info, self.micro_tokens, self.seq_len = stream, info, micro_tokens, seq_len
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        span = self.micro_tokens + 1
+        chunk = self.stream.take(span * self.info.world_size)
+        local = torch.from_numpy(chunk[self.info.rank * span : (self.info.rank + 1) * span])
+        x = local[:-1].view(-1, self.seq_len)
+        y = local[1:].view(-1, self.seq_len)
+        return x.to(self.info.device, non_blocking=True), y.to(self.info.device, non_blocking=True)
+
+
+def validation_tokens(paths: list[Path], max_tokens: int, seq_len: int) -> torch.Tensor:
+    """The fixed validation subset: the first `max_tokens` tokens (0 = all), cut to whole sequences + 1."""
+    if not paths:
+        raise DataError("no validation shards found")
+    pieces, total = [], 0
+    for path in paths:
+        tokens = np.asarray(read_shard(path), dtype=np.int64)
+        pieces.append(tokens)
+        total += len(tokens)
+        if max_tokens and total >= max_tokens + 1:
+            break
+    stream = np.concatenate(pieces)[: max_tokens + 1 if max_tokens else None]
+    usable = (len(stream) - 1) // seq_len * seq_len
+    if usable <= 0:
+        raise DataError(f"validation split has {len(stream)} tokens: fewer than one sequence of {seq_len} + 1")
+    return torch.from_numpy(stream[: usable + 1])

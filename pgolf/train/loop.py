@@ -1,0 +1,264 @@
+"""The training loop: build, optionally resume, step until the step budget or the wall-clock cap,
+validate, checkpoint, and save the final model.
+
+Resuming: every `checkpoint_every` steps, and on SIGINT/SIGTERM, rank 0 writes a resumable
+checkpoint to `<resume_dir>/<fingerprint>/` (outside the DVC outs, which DVC deletes before a run).
+With `train.resume` on, a later run with the same numerics-relevant params and the same shards
+continues from it; a finished run deletes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from pgolf.config.train import ModelParams, TrainParams
+from pgolf.data.shards import list_shards
+from pgolf.dist import DistInfo, average_gradients, barrier, broadcast_params, sum_over_ranks
+from pgolf.errors import DataError, ParamsError, PgolfError
+from pgolf.io import read_json
+from pgolf.model import GPT, count_params
+from pgolf.optim import build_optimizers, set_schedule
+from pgolf.train import checkpoint as ckpt
+from pgolf.train.curves import Curves
+from pgolf.train.data import DistributedBatches, StreamPosition, TokenStream, validation_tokens
+from pgolf.train.ema import EMA
+from pgolf.train.evaluate import validation_loss
+from pgolf.train.schedule import lr_scale, muon_momentum, progress
+from pgolf.train.signals import StopRequest
+
+log = logging.getLogger(__name__)
+
+# Keys that do not change the numbers a run produces: they stay out of the resume fingerprint.
+OPERATIONAL_KEYS = ("resume", "resume_dir", "checkpoint_every", "log_every", "val_every", "nproc", "compile", "threads")
+CHECKPOINT_SUBDIR = "checkpoint"
+
+
+class TrainingDiverged(PgolfError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    tokens_seen: int
+    train_loss: float
+    val_loss: float
+    tokens_per_second: float
+    wallclock_seconds: float
+    params_count: int
+    stopped_by: str  # "iterations" | "wallclock"
+    resumed_from_step: int
+
+    def metrics(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def resolve_model_config(model: ModelParams, shards_dir: Path) -> ModelParams:
+    """Fill in vocab_size from the shards' manifest.json (or check the given one against it)."""
+    manifest_path = shards_dir / "manifest.json"
+    if not manifest_path.is_file():
+        if model.vocab_size is None:
+            raise DataError(f"{manifest_path}: not found, and train.model.vocab_size is null")
+        return model
+    vocab = read_json(manifest_path, "shard manifest").get("vocab_size")
+    if not isinstance(vocab, int):
+        raise DataError(f"{manifest_path}: has no integer vocab_size")
+    if model.vocab_size is not None and model.vocab_size != vocab:
+        raise ParamsError(f"train.model.vocab_size: {model.vocab_size} differs from the shards' vocab_size {vocab} ({manifest_path})")
+    return model.model_copy(update={"vocab_size": vocab})
+
+
+def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA; plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+class Trainer:
+    """State of one run on one rank. `run()` trains and returns the result."""
+
+    def __init__(self, params: TrainParams, shards_dir: Path, out_dir: Path, info: DistInfo, live_dir: Path | None) -> None:
+        self.params, self.info, self.out_dir = params, info, out_dir
+        config = resolve_model_config(params.model, shards_dir)
+        train_paths, val_paths = list_shards(shards_dir, "train"), list_shards(shards_dir, "val")
+        torch.manual_seed(params.seed)
+        self.model = GPT(config).to(info.device)
+        broadcast_params(self.model.parameters(), info)
+        self.optimizers = build_optimizers(self.model, params.optim)
+        self.ema = EMA(self.model, params.ema_decay) if params.ema_decay > 0 else None
+        run_keys = params.model_dump(mode="json", exclude=set(OPERATIONAL_KEYS))
+        run_keys["model"] = config.model_dump(mode="json")
+        self.fingerprint = ckpt.fingerprint(run_keys, train_paths + val_paths)
+        self.resume_dir = Path(params.resume_dir) / self.fingerprint
+        self.step, self.tokens_seen, self.train_seconds = 0, 0, 0.0
+        position = self._maybe_resume() if params.resume else StreamPosition()
+        self.start_step = self.step
+        self.batches = DistributedBatches(TokenStream(train_paths, position), info, params.micro_batch_tokens, params.seq_len)
+        self.val_tokens = validation_tokens(val_paths, params.val_tokens, params.seq_len)
+        use_compile = params.compile and info.device.type == "cuda"
+        self.forward: Callable[[Tensor], Tensor] = torch.compile(self.model) if use_compile else self.model
+        self.autocast = autocast_for(info.device)
+        self.accum = params.grad_accum_steps // info.world_size
+        self.curves = Curves(live_dir if info.is_main else None, resume=self.start_step > 0)
+
+    def _maybe_resume(self) -> StreamPosition:
+        if not (self.resume_dir / ckpt.META_FILE).is_file():
+            return StreamPosition()
+        meta = ckpt.read_meta(self.resume_dir)
+        state = ckpt.read_state(self.resume_dir)
+        weights = ckpt.read_weights(self.resume_dir)
+        raw = {k.removeprefix("raw/"): v for k, v in state.items() if k.startswith("raw/")} if self.ema else weights
+        self.model.load_state_dict(raw, strict=True)
+        if self.ema is not None:
+            self.ema.load_state_dict(weights)
+        ckpt.load_optimizer_tensors(self.model, self.optimizers, state)
+        self.step, self.tokens_seen = meta.step, meta.tokens_seen
+        self.train_seconds = float(state["train_seconds"].item()) if "train_seconds" in state else 0.0
+        log.info(f"resume: step {meta.step} from {self.resume_dir}")
+        return meta.data_position
+
+    # -- one optimizer step ------------------------------------------------------------------------
+    def _loss(self, x: Tensor, y: Tensor) -> Tensor:
+        with self.autocast():
+            logits = self.forward(x)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+    def train_step(self) -> Tensor:
+        """Forward/backward over this rank's micro-batches, average gradients, step. Returns the mean loss."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.info.device)
+        for _ in range(self.accum):
+            x, y = self.batches.next()
+            loss = self._loss(x, y)
+            (loss / self.accum).backward()
+            total += loss.detach()
+        average_gradients(self.model.parameters(), self.info)
+        if self.params.optim.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.params.optim.grad_clip_norm)
+        for opt in self.optimizers:
+            opt.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return total / self.accum
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _save(self, directory: Path) -> None:
+        if self.info.is_main:
+            raw = self.model.state_dict()
+            weights = self.ema.state_dict() if self.ema is not None else raw
+            state = ckpt.optimizer_tensors(self.model, self.optimizers)
+            state["train_seconds"] = torch.tensor(self.train_seconds, dtype=torch.float64)
+            if self.ema is not None:
+                state.update({f"raw/{k}": v for k, v in raw.items()})
+            meta = ckpt.CheckpointMeta(
+                model_config=self.model.config.model_dump(mode="json"),
+                step=self.step,
+                tokens_seen=self.tokens_seen,
+                data_position=self.batches.stream.position,
+                seed=self.params.seed,
+                ema=self.ema is not None,
+                fingerprint=self.fingerprint,
+                params=self.params.model_dump(mode="json"),
+            )
+            ckpt.save_checkpoint(directory, meta, weights, state)
+        barrier(self.info)
+
+    def validate(self) -> float:
+        self.model.eval()
+        value = validation_loss(self.forward, self.val_tokens, self.params.seq_len, self.params.val_batch_tokens, self.info, self.autocast)
+        self.model.train()
+        return value
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        p, info = self.params, self.info
+        params_count = count_params(self.model)
+        log.info(f"params_count: {params_count}")
+        log.info(f"fingerprint: {self.fingerprint}")
+        session_tokens, session_seconds, loss_value, stopped_by = 0, 0.0, math.nan, "iterations"
+        bar = tqdm(total=p.iterations, initial=self.step, disable=None if info.is_main else True, mininterval=1.0, desc="train")
+        with StopRequest() as stop:
+            while True:
+                if self.step >= p.iterations:
+                    break
+                if p.max_wallclock_seconds and self.train_seconds >= p.max_wallclock_seconds:
+                    stopped_by = "wallclock"
+                    break
+                done = progress(self.step, self.train_seconds, p.iterations, p.max_wallclock_seconds)
+                lr = lr_scale(self.step, done, p.lr_warmup_steps, p.warmdown_fraction, p.final_lr_fraction)
+                m = p.optim.matrix
+                set_schedule(self.optimizers, lr, muon_momentum(self.step, m.momentum_warmup_start, m.momentum, m.momentum_warmup_steps))
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                local = torch.stack((loss.float(), (~torch.isfinite(loss)).float(), torch.tensor(float(stop.requested), device=info.device)))
+                agreed = sum_over_ranks(local, info).tolist()  # a sync point: the step is finished here
+                dt = time.perf_counter() - t0
+                step_seconds = float(sum_over_ranks(torch.tensor([dt], dtype=torch.float64, device=info.device), info)[0]) / info.world_size
+                if agreed[1] > 0:
+                    raise TrainingDiverged(
+                        f"non-finite training loss at step {self.step + 1}; the last good checkpoint is kept in {self.resume_dir} "
+                        "(lower the learning rates or set train.resume: false to start over)"
+                    )
+                self.step += 1
+                self.tokens_seen += p.batch_tokens
+                session_tokens += p.batch_tokens
+                session_seconds += step_seconds
+                self.train_seconds += step_seconds
+                loss_value = float(agreed[0]) / info.world_size
+                tokens_per_second = session_tokens / max(session_seconds, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
+                self.curves.log(self.step, {"train/loss": loss_value, "lr_scale": lr, "tokens_per_second": tokens_per_second})
+                if self.step % p.log_every == 0 or self.step == 1:
+                    log.info(f"step: {self.step} train_loss: {loss_value:.4f} lr_scale: {lr:.4f} tokens_per_second: {tokens_per_second:.0f}")
+                if p.val_every and self.step % p.val_every == 0 and self.step < p.iterations:
+                    val = self.validate()
+                    self.curves.log(self.step, {"val/loss": val})
+                    log.info(f"step: {self.step} val_loss: {val:.4f}")
+                if p.checkpoint_every and self.step % p.checkpoint_every == 0:
+                    self._save(self.resume_dir)
+                if agreed[2] > 0:
+                    self._save(self.resume_dir)
+                    bar.close()
+                    log.info(f"interrupted: step {self.step}; resumable checkpoint in {self.resume_dir}")
+                    raise KeyboardInterrupt
+        bar.close()
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.state_dict(), strict=True)
+        val = self.validate()
+        self.curves.log(self.step, {"val/loss": val})
+        self.curves.close()
+        log.info(f"step: {self.step} val_loss: {val:.4f} (final{', EMA weights' if self.ema else ''})")
+        self._save(self.out_dir / CHECKPOINT_SUBDIR)
+        if info.is_main and self.resume_dir.exists():
+            shutil.rmtree(self.resume_dir)
+        return TrainResult(
+            steps=self.step,
+            tokens_seen=self.tokens_seen,
+            train_loss=loss_value,
+            val_loss=val,
+            tokens_per_second=session_tokens / max(session_seconds, 1e-9),
+            wallclock_seconds=self.train_seconds,
+            params_count=params_count,
+            stopped_by=stopped_by,
+            resumed_from_step=self.start_step,
+        )
+
+
+def train(params: TrainParams, shards_dir: Path, out_dir: Path, info: DistInfo, live_dir: Path | None = None) -> TrainResult:
+    """Train per `params` on the shards in `shards_dir`; the final checkpoint goes to `out_dir/checkpoint`."""
+    return Trainer(params, Path(shards_dir), Path(out_dir), info, live_dir).run()

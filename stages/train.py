@@ -1,0 +1,22 @@
+"""DVC stage `train`: train the GPT on data/shards per the `train` params.
+
+Writes data/train/checkpoint/ (model.safetensors, checkpoint.json, train_state.safetensors),
+metrics/train.json and the DVCLive curves in dvclive/train. With train.nproc > 1 the script
+re-executes itself under torchrun.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from pgolf.stage import run_stage
+from pgolf.train.stage import run_train_stage
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("--shards", type=Path, default=Path("data/shards"))
+parser.add_argument("--out", type=Path, default=Path("data/train"))
+parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
+parser.add_argument("--live", type=Path, default=Path("dvclive/train"))
+args = parser.parse_args()
+
+run_stage("train", lambda p: run_train_stage(p, args.shards, args.out, args.metrics, args.live, argv=sys.argv))
