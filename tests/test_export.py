@@ -10,8 +10,8 @@ from data_helpers import english_docs, make_fetch_dir
 
 from pgolf.config.data import ExportParams, TokenizerParams
 from pgolf.data.docs import read_fetched
-from pgolf.data.export import SHARDS_MANIFEST, export_shards
-from pgolf.data.shards import list_shards, load_tokens, read_header, shard_name, write_shard
+from pgolf.data.export import export_shards
+from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens, read_header, shard_name, write_shard
 from pgolf.errors import DataError, ShardError
 from pgolf.tokenizer import MODEL_FILE, build_tokenizer, load_processor
 

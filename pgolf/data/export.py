@@ -26,14 +26,13 @@ from tqdm import tqdm
 
 from pgolf.config.data import ExportParams
 from pgolf.data.docs import Fetched, iter_docs
-from pgolf.data.shards import TOKEN_DTYPE, list_shards, read_shard, shard_name, write_shard
+from pgolf.data.shards import SHARDS_MANIFEST, TOKEN_DTYPE, list_shards, read_shard, shard_name, write_shard
 from pgolf.errors import DataError
 from pgolf.io import atomic_dir, write_json_atomic
 from pgolf.tokenizer import TokenizerInfo, load_processor, read_tokenizer
 
 log = logging.getLogger(__name__)
 
-SHARDS_MANIFEST = "manifest.json"
 BATCHES_IN_FLIGHT_PER_WORKER = 2
 
 

@@ -23,6 +23,7 @@ SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
 MAX_SHARD_TOKENS = 2**31 - 1
 SPLITS = ("val", "train")
+SHARDS_MANIFEST = "manifest.json"  # written by the export stage beside the shards
 _SHARD_NAME = re.compile(r"^fineweb_(val|train)_(\d{6})\.bin$")
 
 

@@ -1,0 +1,165 @@
+"""The `audit` stage: exact byte accounting and integrity checks on the validation shards.
+
+Before any training, the byte table's total over every validation document must equal the UTF-8
+length of that document decoded, exactly; optionally each decoded document must equal the
+tokenizer's normalization of its source text. Any failure raises AuditError naming the first
+offending document, and no metrics are written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+
+from pgolf.config.data import AuditParams
+from pgolf.data.docs import Fetched, iter_docs, read_fetched
+from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens, read_header, split_documents
+from pgolf.errors import AuditError, DataError, ShardError
+from pgolf.io import read_json, write_json_atomic
+from pgolf.tokenizer import SPACE_PIECE, byte_table, check_tokenizer, load_processor, read_tokenizer, stream_bytes
+
+log = logging.getLogger(__name__)
+
+DECODE_CHUNK_DOCS = 1000
+PREVIEW_CHARS = 40
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """Figures of a passed audit (written to metrics/audit.json)."""
+
+    val_docs: int
+    val_tokens: int
+    val_bytes: int
+    bytes_per_token: float
+    vocab_size: int
+    val_files: int
+    train_docs: int
+    train_tokens: int
+    train_files: int
+    byte_fallback_tokens: int
+    byte_fallback_share: float
+    boundary_tokens: int
+    boundary_ids: int
+    tokenizer_source: str
+    tokenizer_sha256: str
+    source_text_checked: bool
+
+    def metrics(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _preview(text: str) -> str:
+    return repr(text[:PREVIEW_CHARS])
+
+
+def _check_manifest(manifest: Any, shards_dir: Path, vocab_size: int, bos_id: int, sha256: str) -> dict[str, Any]:
+    where = shards_dir / SHARDS_MANIFEST
+    if not isinstance(manifest, dict):
+        raise AuditError(f"{where}: must hold a JSON object")
+    expected = {"vocab_size": vocab_size, "bos_id": bos_id, "tokenizer_sha256": sha256}
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            raise AuditError(f"{where}: {key} is {manifest.get(key)!r}, the tokenizer has {value!r} (re-run export)")
+    return manifest
+
+
+def _decoded_docs(sp: spm.SentencePieceProcessor, docs: list[np.ndarray]) -> Iterator[str]:
+    """Each document's text decoded from its tokens (BOS dropped), decoding a chunk at a time."""
+    for start in range(0, len(docs), DECODE_CHUNK_DOCS):
+        yield from sp.decode([d[1:].tolist() for d in docs[start : start + DECODE_CHUNK_DOCS]])
+
+
+def _check_bytes(sp: spm.SentencePieceProcessor, docs: list[np.ndarray], doc_bytes: np.ndarray, sources: Iterator[str] | None) -> None:
+    for index, text in enumerate(_decoded_docs(sp, docs)):
+        decoded = len(text.encode("utf-8"))
+        if decoded != int(doc_bytes[index]):
+            raise AuditError(
+                f"validation document {index} ({_preview(text)}): byte table counts {int(doc_bytes[index])} bytes, "
+                f"its decoded text has {decoded} UTF-8 bytes"
+            )
+        if sources is None:
+            continue
+        source = next(sources, None)
+        if source is None:
+            raise AuditError(f"the fetched documents end before validation document {index}")
+        normalized = sp.normalize(source).replace(SPACE_PIECE, " ")
+        if normalized != text:
+            at = next((i for i, (a, b) in enumerate(zip(normalized, text)) if a != b), min(len(normalized), len(text)))
+            raise AuditError(
+                f"validation document {index} ({_preview(source)}): decoded tokens differ from the normalized "
+                f"source text at character {at}: {text[at : at + 20]!r} vs {normalized[at : at + 20]!r}"
+            )
+
+
+def audit(fetched: Fetched, tokenizer_dir: str | Path, shards_dir: str | Path, params: AuditParams) -> AuditResult:
+    """Check the validation shards against the tokenizer; AuditError (or DataError) on the first problem."""
+    shards_dir = Path(shards_dir)
+    info = read_tokenizer(tokenizer_dir)
+    sp = load_processor(info.model_path)
+    try:
+        check_tokenizer(sp, info.model_path)
+    except DataError as exc:
+        raise AuditError(str(exc)) from None
+    manifest = _check_manifest(read_json(shards_dir / SHARDS_MANIFEST, "shards manifest"), shards_dir, sp.vocab_size(), sp.bos_id(), info.sha256)
+    val_paths = list_shards(shards_dir, "val")
+    train_paths = list_shards(shards_dir, "train")
+    if not val_paths:
+        raise AuditError(f"{shards_dir}: no validation shards")
+    tokens = load_tokens(val_paths)
+    if tokens.size and int(tokens.max()) >= sp.vocab_size():
+        raise AuditError(f"{shards_dir}: validation token id {int(tokens.max())} >= vocab size {sp.vocab_size()}")
+    try:
+        docs = split_documents(tokens, sp.bos_id())
+    except ShardError as exc:
+        raise AuditError(f"{val_paths[0]}: {exc}") from None
+    for key, value in (("docs_val", len(docs)), ("tokens_val", int(tokens.size)), ("files_val", len(val_paths)), ("files_train", len(train_paths))):
+        if manifest.get(key) != value:
+            raise AuditError(f"{shards_dir / SHARDS_MANIFEST}: {key} is {manifest.get(key)!r}, the shards hold {value}")
+    train_tokens = sum(read_header(p) for p in train_paths)
+    if manifest.get("tokens_train") != train_tokens:
+        raise AuditError(f"{shards_dir / SHARDS_MANIFEST}: tokens_train is {manifest.get('tokens_train')!r}, the shards hold {train_tokens}")
+
+    table = byte_table(sp)
+    per_token = stream_bytes(table, tokens)
+    doc_bytes = np.add.reduceat(per_token, np.flatnonzero(tokens == sp.bos_id()))
+    compare = params.compare_source_text and fetched.docs_path is not None
+    sources = iter_docs(fetched.docs_path, 0, len(docs)) if compare else None
+    _check_bytes(sp, docs, doc_bytes, sources)
+
+    is_byte = np.array([sp.is_byte(i) for i in range(sp.vocab_size())], dtype=bool)
+    val_bytes = int(per_token.sum())
+    fallback = int(is_byte[tokens].sum())
+    return AuditResult(
+        val_docs=len(docs),
+        val_tokens=int(tokens.size),
+        val_bytes=val_bytes,
+        bytes_per_token=val_bytes / tokens.size,
+        vocab_size=sp.vocab_size(),
+        val_files=len(val_paths),
+        train_docs=int(manifest.get("docs_train", 0)),
+        train_tokens=train_tokens,
+        train_files=len(train_paths),
+        byte_fallback_tokens=fallback,
+        byte_fallback_share=fallback / tokens.size,
+        boundary_tokens=int(table.is_boundary[tokens].sum()),
+        boundary_ids=int(table.is_boundary.sum()),
+        tokenizer_source=info.source,
+        tokenizer_sha256=info.sha256,
+        source_text_checked=compare,
+    )
+
+
+def run_audit(fetched_dir: str | Path, tokenizer_dir: str | Path, shards_dir: str | Path, params: AuditParams, metrics_path: str | Path) -> AuditResult:
+    """The audit stage: audit, then write the metrics JSON atomically (nothing is written on failure)."""
+    result = audit(read_fetched(fetched_dir), tokenizer_dir, shards_dir, params)
+    write_json_atomic(metrics_path, result.metrics())
+    for key, value in result.metrics().items():
+        log.info("%s: %s", key, value)
+    return result

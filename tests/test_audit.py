@@ -1,0 +1,174 @@
+"""Audit: exact byte accounting on validation shards, independent recomputation, each failure class."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+from data_helpers import english_docs, make_fetch_dir
+
+from pgolf.audit import audit, run_audit
+from pgolf.config.data import AuditParams, ExportParams, TokenizerParams
+from pgolf.data.docs import read_fetched, sha256_file
+from pgolf.data.export import export_shards
+from pgolf.data.shards import SHARDS_MANIFEST, list_shards, read_shard, shard_name, write_shard
+from pgolf.errors import AuditError
+from pgolf.tokenizer import INFO_FILE, MODEL_FILE, build_tokenizer
+
+VAL_DOCS = 15
+REPO = Path(__file__).resolve().parents[1]
+EXTRA_DOCS = ["Café “naïve” — 日本語 😀 …  spaced   out", " leading space", "tabs\there\nand ½ ﬁne"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    docs = EXTRA_DOCS + english_docs()[:80]
+    fetched = make_fetch_dir(root / "fetch", docs)
+    build_tokenizer(fetched, TokenizerParams(vocab_size=512), ExportParams(val_docs=VAL_DOCS), root / "tok")
+    export_shards(read_fetched(fetched), root / "tok", ExportParams(val_docs=VAL_DOCS, shard_tokens=2048, workers=1), root / "shards")
+    return root
+
+
+@pytest.fixture
+def copy(built, tmp_path):
+    """A private copy of the built directories, free to corrupt."""
+    for name in ("fetch", "tok", "shards"):
+        shutil.copytree(built / name, tmp_path / name)
+    return tmp_path
+
+
+def _audit(root: Path, params: AuditParams = AuditParams()):
+    return audit(read_fetched(root / "fetch"), root / "tok", root / "shards", params)
+
+
+def independent_metrics(tok_dir: Path, shards_dir: Path) -> dict:
+    """Recompute from the model file and raw shard bytes, one token at a time."""
+    sp = spm.SentencePieceProcessor(model_file=str(tok_dir / MODEL_FILE))
+    tokens: list[int] = []
+    for path in sorted(shards_dir.glob("fineweb_val_*.bin")):
+        tokens.extend(np.fromfile(path, dtype="<u2", offset=1024).tolist())
+    total = fallback = docs = 0
+    prev_boundary = True
+    for t in tokens:
+        boundary = sp.is_control(t) or sp.is_unknown(t) or sp.is_unused(t)
+        docs += t == sp.bos_id()
+        fallback += sp.is_byte(t)
+        if sp.is_byte(t):
+            total += 1
+        elif not boundary:
+            piece = sp.id_to_piece(t)
+            total += len((piece[1:] if piece.startswith("▁") else piece).encode("utf-8"))
+            total += piece.startswith("▁") and not prev_boundary
+        prev_boundary = boundary
+    return {"val_docs": docs, "val_tokens": len(tokens), "val_bytes": total, "bytes_per_token": total / len(tokens), "byte_fallback_tokens": fallback}
+
+
+def test_audit_passes_and_metrics_match_an_independent_recomputation(built, tmp_path):
+    metrics_path = tmp_path / "metrics" / "audit.json"
+    result = run_audit(built / "fetch", built / "tok", built / "shards", AuditParams(), metrics_path)
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics == result.metrics()
+    recomputed = independent_metrics(built / "tok", built / "shards")
+    assert {k: metrics[k] for k in recomputed} == recomputed
+    assert metrics["val_docs"] == VAL_DOCS and metrics["vocab_size"] == 512
+    assert metrics["source_text_checked"] is True and metrics["byte_fallback_tokens"] > 0
+    assert metrics["boundary_tokens"] == VAL_DOCS and metrics["boundary_ids"] == 4
+    assert metrics["tokenizer_sha256"] == sha256_file(built / "tok" / MODEL_FILE)
+    assert metrics["train_tokens"] == sum(read_shard(p).size for p in list_shards(built / "shards", "train"))
+
+
+def _rewrite_val(root: Path, change) -> None:
+    path = root / "shards" / shard_name("val", 0)
+    tokens = np.array(read_shard(path))
+    change(tokens)
+    write_shard(path, tokens)
+
+
+def test_audit_byte_mismatch_names_the_document(copy, tmp_path):
+    tokens = np.array(read_shard(copy / "shards" / shard_name("val", 0)))
+    third = np.flatnonzero(tokens == 1)[2]
+    _rewrite_val(copy, lambda t: t.__setitem__(third + 2, 3))  # an <unk> inside document 2
+    with pytest.raises(AuditError, match=r"validation document 2 \(.*byte table counts \d+ bytes, its decoded text has \d+"):
+        _audit(copy)
+    with pytest.raises(AuditError):
+        run_audit(copy / "fetch", copy / "tok", copy / "shards", AuditParams(), tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_audit_stream_must_start_with_bos(copy):
+    _rewrite_val(copy, lambda t: t.__setitem__(0, 100))
+    with pytest.raises(AuditError, match="does not start with BOS"):
+        _audit(copy)
+
+
+def test_audit_doc_count_must_match_manifest(copy):
+    path = copy / "shards" / SHARDS_MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "docs_val": VAL_DOCS + 1}))
+    with pytest.raises(AuditError, match=f"docs_val is {VAL_DOCS + 1}, the shards hold {VAL_DOCS}"):
+        _audit(copy)
+
+
+def test_audit_source_text_comparison(copy):
+    docs = [json.loads(line)["text"] for line in (copy / "fetch" / "docs.jsonl").read_text().splitlines()]
+    docs[4] = docs[4].replace("e", "E", 1)
+    make_fetch_dir(copy / "fetch", docs)
+    with pytest.raises(AuditError, match="validation document 4 .*differ from the normalized source"):
+        _audit(copy)
+    assert _audit(copy, AuditParams(compare_source_text=False)).source_text_checked is False
+
+
+def test_audit_tokenizer_must_match_the_export(copy):
+    manifest = json.loads((copy / "shards" / SHARDS_MANIFEST).read_text())
+    (copy / "shards" / SHARDS_MANIFEST).write_text(json.dumps({**manifest, "tokenizer_sha256": "0" * 64}))
+    with pytest.raises(AuditError, match="tokenizer_sha256"):
+        _audit(copy)
+
+
+def test_audit_tokenizer_without_standalone_space_piece(copy):
+    """The known bug: without a '▁' piece every space is 3 byte-fallback bytes."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["abcabcabd" * 50, "xyzzy" * 40]), model_writer=model, model_type="bpe", vocab_size=280,
+        byte_fallback=True, add_dummy_prefix=False, bos_id=1, eos_id=2, unk_id=3, pad_id=0, hard_vocab_limit=False, minloglevel=2,
+    )
+    (copy / "tok" / MODEL_FILE).write_bytes(model.getvalue())
+    info = json.loads((copy / "tok" / INFO_FILE).read_text())
+    (copy / "tok" / INFO_FILE).write_text(json.dumps({**info, "sha256": sha256_file(copy / "tok" / MODEL_FILE)}))
+    with pytest.raises(AuditError, match="no standalone '▁' piece"):
+        _audit(copy)
+
+
+def test_audit_missing_validation_shards(copy):
+    for path in list_shards(copy / "shards", "val"):
+        path.unlink()
+    with pytest.raises(AuditError, match="no validation shards"):
+        _audit(copy)
+
+
+def _stage(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "stages" / script), *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_audit_stage_scripts_end_to_end(tmp_path):
+    fetched = make_fetch_dir(tmp_path / "fetch", EXTRA_DOCS + english_docs()[:40])
+    params = tmp_path / "params.yaml"
+    params.write_text("tokenizer:\n  vocab_size: 400\nexport:\n  val_docs: 5\n  shard_tokens: 4096\n  workers: 1\n")
+    common = ("--fetched", str(fetched), "--params", str(params))
+    assert _stage("tokenizer.py", *common, "--out", str(tmp_path / "tok")).returncode == 0
+    assert _stage("export.py", *common, "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "shards")).returncode == 0
+    metrics = tmp_path / "audit.json"
+    done = _stage("audit.py", *common, "--tokenizer", str(tmp_path / "tok"), "--shards", str(tmp_path / "shards"), "--metrics", str(metrics))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(metrics.read_text())["val_docs"] == 5
+    params.write_text("tokenizer:\n  vocab_size: 100\n")
+    bad = _stage("tokenizer.py", *common, "--out", str(tmp_path / "tok2"))
+    assert bad.returncode == 2 and "tokenizer.vocab_size: must be >= 256" in bad.stderr
