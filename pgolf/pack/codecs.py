@@ -1,0 +1,101 @@
+"""General-purpose codecs for artifact blobs, with bounded decompression, and a byte shuffle.
+
+Every decoder is told the exact decoded length and never produces much more than that, so a
+forged blob cannot make the loader allocate without bound (a "decompression bomb"). Any failure
+is an ArtifactError. lzma uses a raw LZMA2 stream with a dictionary size fixed here, not in the
+file, so a file cannot request a huge decoder dictionary either.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+
+import brotli
+import numpy as np
+import zstandard
+
+from pgolf.errors import ArtifactError
+
+CODECS = ("raw", "zstd", "brotli", "lzma")
+LZMA_DICT_BYTES = 1 << 24
+ZSTD_READ_CHUNK = 1 << 20
+
+
+def _lzma_filters(preset: int | None = None) -> list[dict]:
+    spec: dict = {"id": lzma.FILTER_LZMA2, "dict_size": LZMA_DICT_BYTES}
+    if preset is not None:
+        spec["preset"] = preset | lzma.PRESET_EXTREME
+    return [spec]
+
+
+def compress(data: bytes, codec: str, level: int) -> bytes:
+    """Compress `data` with `codec` at `level` (zstd level, brotli quality, lzma preset)."""
+    if codec == "raw":
+        return bytes(data)
+    if codec == "zstd":
+        return zstandard.ZstdCompressor(level=level, write_content_size=False).compress(data)
+    if codec == "brotli":
+        return brotli.compress(data, quality=level)
+    if codec == "lzma":
+        filters = _lzma_filters(level)
+        filters[0]["dict_size"] = LZMA_DICT_BYTES
+        return lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
+    raise ArtifactError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+
+
+def _zstd_bounded(data: bytes, limit: int) -> bytes:
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_size=ZSTD_READ_CHUNK)
+    parts, size = [], 0
+    while size <= limit:
+        chunk = reader.read(min(ZSTD_READ_CHUNK, limit + 1 - size))
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+def decompress(data: bytes, codec: str, expected_len: int) -> bytes:
+    """Decode `data`; ArtifactError unless it decodes to exactly `expected_len` bytes."""
+    limit = expected_len + 1
+    try:
+        if codec == "raw":
+            out = bytes(data)
+        elif codec == "zstd":
+            out = _zstd_bounded(data, limit)
+        elif codec == "brotli":
+            decoder = brotli.Decompressor()
+            out = decoder.process(data, output_buffer_limit=limit)
+            if len(out) == expected_len and not decoder.is_finished():
+                raise ArtifactError("brotli stream does not end where the table says")
+        elif codec == "lzma":
+            decoder = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters())
+            out = decoder.decompress(data, max_length=limit)
+        else:
+            raise ArtifactError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+    except ArtifactError:
+        raise
+    except (zstandard.ZstdError, brotli.error, lzma.LZMAError, ValueError, MemoryError, EOFError) as exc:
+        raise ArtifactError(f"{codec} blob does not decode ({type(exc).__name__}: {exc})") from None
+    if len(out) != expected_len:
+        raise ArtifactError(f"{codec} blob decodes to {'more than ' if len(out) > expected_len else ''}{len(out)} bytes, table says {expected_len}")
+    return out
+
+
+def shuffle_bytes(data: bytes, itemsize: int) -> bytes:
+    """Byte shuffle: all first bytes of the items, then all second bytes, ... (helps compressors)."""
+    if itemsize <= 1:
+        return bytes(data)
+    arr = np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)
+    return arr.T.tobytes()
+
+
+def unshuffle_bytes(data: bytes, itemsize: int) -> bytes:
+    """Inverse of `shuffle_bytes`; len(data) must be a multiple of `itemsize`."""
+    if itemsize <= 1:
+        return bytes(data)
+    if len(data) % itemsize:
+        raise ArtifactError(f"shuffled blob of {len(data)} bytes is not a whole number of {itemsize}-byte items")
+    arr = np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1)
+    return arr.T.tobytes()

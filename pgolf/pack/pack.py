@@ -1,0 +1,169 @@
+"""pack: a QuantizedModel -> artifact bytes, byte accounting, and the 16,000,000-byte gate.
+
+Integer symbols are coded by `pack.coder`: `ans` fits one distribution per tensor group (or per
+tensor) to the symbols and entropy-codes them; zstd/brotli/lzma/raw code the int8 bytes.
+Scales and passthrough tensors go through `pack.side_codec`, byte-shuffled if `pack.shuffle`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pgolf.config.quant import PackParams
+from pgolf.errors import ArtifactError
+from pgolf.io import atomic_dir, write_json_atomic
+from pgolf.pack.artifact import encode_artifact
+from pgolf.pack.code_bytes import measure_code_bytes
+from pgolf.pack.codecs import compress, shuffle_bytes
+from pgolf.pack.entropy import encode, fit_codebook, order0_entropy_bits
+from pgolf.quant.apply import QuantizedModel, dtype_name, summarize_report
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_NAME = "model.pgolf"
+
+
+@dataclass(frozen=True)
+class PackedModel:
+    """Artifact bytes plus the per-group accounting of its integer symbols."""
+
+    data: bytes
+    groups: dict[str, dict]
+    bytes_symbols: int
+    entropy_bytes: float
+
+    @property
+    def bytes_model(self) -> int:
+        return len(self.data)
+
+
+def codec_level(codec: str, params: PackParams) -> int:
+    return {"zstd": params.zstd_level, "brotli": params.brotli_quality, "lzma": params.lzma_preset}.get(codec, 0)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """Little-endian bytes of a CPU tensor (bfloat16 through its 16-bit pattern)."""
+    t = tensor.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    array = t.numpy()
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def side_blob(tensor: torch.Tensor, params: PackParams) -> tuple[bytes, dict]:
+    raw = tensor_bytes(tensor)
+    shuffle = params.shuffle and params.side_codec != "raw" and tensor.element_size() > 1
+    if shuffle:
+        raw = shuffle_bytes(raw, tensor.element_size())
+    return compress(raw, params.side_codec, codec_level(params.side_codec, params)), {"encoding": params.side_codec, "shuffle": shuffle}
+
+
+def pack_model(qm: QuantizedModel, params: PackParams, meta: dict | None = None) -> PackedModel:
+    """Encode every tensor of `qm` into one artifact (bytes)."""
+    by_group: dict[str, list[np.ndarray]] = {}
+    for qt in qm.quantized.values():
+        by_group.setdefault(qt.group, []).append(qt.q.numpy().ravel())
+    codebooks = {}
+    if params.coder == "ans":
+        if params.distribution == "group":
+            codebooks = {g: fit_codebook(np.concatenate(parts)) for g, parts in by_group.items()}
+        else:
+            codebooks = {name: fit_codebook(qt.q.numpy()) for name, qt in qm.quantized.items()}
+    entries: list[dict] = []
+    blobs: list[bytes] = []
+    packed: dict[str, int] = {}
+    for name in qm.dtypes:
+        out_dtype = qm.dtypes[name] if qm.dtypes[name] in ("float16", "bfloat16", "float32") else "float32"
+        if name in qm.quantized:
+            qt = qm.quantized[name]
+            symbols = qt.q.numpy()
+            if params.coder == "ans":
+                book = qt.group if params.distribution == "group" else name
+                blob, enc = encode(symbols, codebooks[book]), {"encoding": "ans", "shuffle": False, "codebook": book}
+            else:
+                blob, enc = compress(symbols.tobytes(), params.coder, codec_level(params.coder, params)), {"encoding": params.coder, "shuffle": False}
+            entries.append({"name": name, "role": "q", "shape": list(symbols.shape), "dtype": "int8", "out_dtype": out_dtype, "bits": qt.bits, **enc})
+            blobs.append(blob)
+            packed[qt.group] = packed.get(qt.group, 0) + len(blob)
+            scale_blob, scale_enc = side_blob(qt.scale.half(), params)
+            entries.append({"name": name, "role": "scale", "shape": [int(qt.scale.numel())], "dtype": "float16", "out_dtype": out_dtype, **scale_enc})
+            blobs.append(scale_blob)
+            packed_key = f"{qt.group}_scales"
+            packed[packed_key] = packed.get(packed_key, 0) + len(scale_blob)
+        else:
+            tensor = qm.passthrough[name]
+            blob, enc = side_blob(tensor, params)
+            entries.append({"name": name, "role": "plain", "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype), "out_dtype": out_dtype, **enc})
+            blobs.append(blob)
+            packed["passthrough"] = packed.get("passthrough", 0) + len(blob)
+    data = encode_artifact(qm.model_config, meta or {}, dict(qm.aliases), {k: v.to_json() for k, v in codebooks.items()}, entries, blobs)
+    groups = group_accounting(qm, by_group, packed)
+    return PackedModel(data, groups, sum(g["packed_bytes"] for g in groups.values()), sum(g["entropy_bytes"] for g in groups.values()))
+
+
+def group_accounting(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], packed: dict[str, int]) -> dict[str, dict]:
+    errors = summarize_report(qm.report)
+    groups = {}
+    for group, parts in by_group.items():
+        symbols = np.concatenate(parts)
+        entropy_bits = order0_entropy_bits(symbols)
+        bits = sorted({qt.bits for qt in qm.quantized.values() if qt.group == group})
+        groups[group] = {
+            "bits": bits[0] if len(bits) == 1 else bits,
+            "symbols": int(symbols.size),
+            "entropy_bits": entropy_bits,
+            "entropy_bytes": entropy_bits / 8,
+            "packed_bytes": packed.get(group, 0),
+            "packed_to_entropy": packed.get(group, 0) / (entropy_bits / 8) if entropy_bits else None,
+            "scale_bytes": packed.get(f"{group}_scales", 0),
+            "quant_error": errors.get(group, {}),
+        }
+    return groups
+
+
+@dataclass(frozen=True)
+class PackReport:
+    artifact: str
+    bytes_model: int
+    bytes_code: int
+    bytes_total: int
+    limit_bytes: int
+
+
+def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, repo_root: str | Path = ".") -> PackReport:
+    """The `pack` stage: artifact into `out_dir`, metrics JSON; fails over the byte limit."""
+    from pgolf.quant.store import load_quantized
+
+    qm = load_quantized(quantized_dir)
+    meta = {"pack": {"coder": params.coder, "distribution": params.distribution, "side_codec": params.side_codec}}
+    packed = pack_model(qm, params, meta)
+    code = measure_code_bytes(params.code_files, repo_root)
+    total = packed.bytes_model + code.bytes_code
+    out_dir = Path(out_dir)
+    artifact_path = out_dir / ARTIFACT_NAME
+    log.info("bytes_model: %d bytes_code: %d bytes_total: %d limit_bytes: %d", packed.bytes_model, code.bytes_code, total, params.limit_bytes)
+    if total > params.limit_bytes:
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        raise ArtifactError(f"bytes_total {total} (model {packed.bytes_model} + code {code.bytes_code}) exceeds pack.limit_bytes {params.limit_bytes} by {total - params.limit_bytes} bytes")
+    with atomic_dir(out_dir) as tmp:
+        (tmp / ARTIFACT_NAME).write_bytes(packed.data)
+    report = PackReport(os.path.relpath(artifact_path, repo_root), packed.bytes_model, code.bytes_code, total, params.limit_bytes)
+    metrics = {
+        **report.__dict__,
+        "bytes_symbols": packed.bytes_symbols,
+        "entropy_bytes": packed.entropy_bytes,
+        "symbols_to_entropy": packed.bytes_symbols / packed.entropy_bytes if packed.entropy_bytes else None,
+        "coder": params.coder,
+        "groups": packed.groups,
+        "code": {"files": list(code.files), "missing_patterns": list(code.missing_patterns), "bytes_raw": code.bytes_raw, "codec": "lzma-9e"},
+    }
+    write_json_atomic(metrics_path, metrics)
+    return report
