@@ -156,9 +156,10 @@ class Trainer:
         return total / self.accum
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def _save(self, directory: Path) -> None:
+    def _save(self, directory: Path, raw: dict[str, Tensor] | None = None) -> None:
+        """Rank 0 writes a checkpoint; `raw` overrides the training weights (after the EMA swap-in)."""
         if self.info.is_main:
-            raw = self.model.state_dict()
+            raw = raw if raw is not None else self.model.state_dict()
             weights = self.ema.state_dict() if self.ema is not None else raw
             state = ckpt.optimizer_tensors(self.model, self.optimizers)
             state["train_seconds"] = torch.tensor(self.train_seconds, dtype=torch.float64)
@@ -237,13 +238,14 @@ class Trainer:
                     log.info(f"interrupted: step {self.step}; resumable checkpoint in {self.resume_dir}")
                     raise KeyboardInterrupt
         bar.close()
+        raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.ema is not None:
             self.model.load_state_dict(self.ema.state_dict(), strict=True)
         val = self.validate()
         self.curves.log(self.step, {"val/loss": val})
         self.curves.close()
         log.info(f"step: {self.step} val_loss: {val:.4f} (final{', EMA weights' if self.ema else ''})")
-        self._save(self.out_dir / CHECKPOINT_SUBDIR)
+        self._save(self.out_dir / CHECKPOINT_SUBDIR, raw)
         if info.is_main and self.resume_dir.exists():
             shutil.rmtree(self.resume_dir)
         return TrainResult(
