@@ -4,7 +4,10 @@ A `Codebook` is the exact symbol histogram of a tensor group (or one tensor) ove
 range [min_symbol, min_symbol + len(counts) - 1]; the coder uses probabilities ``count / total``
 (constriction quantizes them to its 24-bit precision deterministically), so the coded size is
 within a fraction of a percent of the order-0 entropy of the symbols. Payloads are the coder's
-32-bit words, little-endian. The decoder checks that the words are consumed exactly.
+32-bit words, little-endian. Each payload ends (in decoding order) with a fixed 24-bit
+sentinel coded uniformly: the decoder checks it and that the words are consumed exactly, so a
+payload read with the wrong symbol count is detected (an exhausted ANS decoder would otherwise
+go on yielding symbols).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import numpy as np
 from pgolf.errors import ArtifactError
 
 MAX_ALPHABET = 256
+SENTINEL_ALPHABET = 4096
+SENTINEL = np.array([0x5A5, 0xA5A], dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ def encode(symbols: np.ndarray, codebook: Codebook) -> bytes:
     if len(codebook.counts) == 1:
         return b""
     coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(SENTINEL, constriction.stream.model.Uniform(SENTINEL_ALPHABET))
     coder.encode_reverse(idx.astype(np.int32), codebook.model())
     return coder.get_compressed().astype("<u4").tobytes()
 
@@ -88,11 +94,12 @@ def decode(data: bytes, codebook: Codebook, count: int) -> np.ndarray:
         words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
         coder = constriction.stream.stack.AnsCoder(words)
         idx = coder.decode(codebook.model(), count) if count else np.zeros(0, dtype=np.int32)
-        exact = coder.is_empty()
+        sentinel = coder.decode(constriction.stream.model.Uniform(SENTINEL_ALPHABET), len(SENTINEL))
+        exact = coder.is_empty() and np.array_equal(sentinel, SENTINEL)
     except (ValueError, RuntimeError, TypeError, OverflowError) as exc:
         raise ArtifactError(f"ANS payload does not decode ({type(exc).__name__}: {exc})") from None
     if not exact:
-        raise ArtifactError("ANS payload holds more data than the table's symbol count")
+        raise ArtifactError("ANS payload does not hold exactly the table's symbol count (sentinel or length mismatch)")
     return (np.asarray(idx, dtype=np.int64) + codebook.min_symbol).astype(np.int8)
 
 

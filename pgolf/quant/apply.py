@@ -52,7 +52,8 @@ class QuantizedModel:
         """Dequantized tensors under every name, aliases included, in their original dtypes."""
         state = {name: qt.dequantize() for name, qt in self.quantized.items()}
         for name, tensor in self.passthrough.items():
-            state[name] = tensor.to(STORAGE_DTYPES.get(self.dtypes.get(name, "float32"), torch.float32))
+            floating = tensor.is_floating_point()
+            state[name] = tensor.to(STORAGE_DTYPES.get(self.dtypes.get(name, "float32"), torch.float32)) if floating else tensor
         for alias, target in self.aliases.items():
             state[alias] = state[target]
         return state
