@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("pgolf.cli", "add_params_command"),
     "profile": ("pgolf.cli", "add_profile_command"),
     "plots": ("pgolf.cli", "add_plots_command"),
+    "eval": ("pgolf.eval.cli", "add_eval_command"),
 }
 
 
