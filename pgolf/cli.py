@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("pgolf.cli", "add_profile_command"),
     "plots": ("pgolf.cli", "add_plots_command"),
     "eval": ("pgolf.eval.cli", "add_eval_command"),
+    "inspect": ("pgolf.pack.cli", "add_inspect_command"),
+    "unpack": ("pgolf.pack.cli", "add_unpack_command"),
 }
 
 

@@ -38,7 +38,7 @@ class QuantizeParams(Section):
     block_size: int = Field(128, ge=1, le=65536, description="gptq: columns per lazy batch update")
     damp_frac: float = Field(0.01, ge=0.0, le=10.0, description="gptq: damping added to diag(H), as a fraction of its mean")
     act_order: bool = Field(True, description="gptq: quantize columns in decreasing diag(H)")
-    min_numel: int = Field(65536, ge=0, description="tensors with fewer elements (and all non-2-D tensors) stay float (passthrough)")
+    min_numel: int = Field(4096, ge=0, description="tensors with fewer elements (and all non-2-D tensors) stay float (passthrough)")
     passthrough_dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="storage dtype of passthrough tensors")
 
 

@@ -1,0 +1,84 @@
+"""`pgolf inspect ARTIFACT [--json]` and `pgolf unpack ARTIFACT --out DIR`.
+
+Both fully validate and decode the artifact first; a malformed file exits 1 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from pgolf.io import atomic_dir, write_json_atomic
+from pgolf.pack.artifact import FORMAT_VERSION, PREFIX_BYTES, ParsedArtifact, parse_artifact, read_artifact_bytes
+from pgolf.pack.load import decode_tensors
+
+UNPACKED_TENSORS = "tensors.safetensors"
+UNPACKED_HEADER = "header.json"
+
+
+def describe(path: str | Path, parsed: ParsedArtifact) -> dict:
+    """The tensor table and byte accounting of a validated artifact."""
+    header = parsed.header
+    by_role: dict[str, int] = {}
+    by_encoding: dict[str, int] = {}
+    for entry in header.tensors:
+        by_role[entry.role] = by_role.get(entry.role, 0) + entry.length
+        by_encoding[entry.encoding] = by_encoding.get(entry.encoding, 0) + entry.length
+    return {
+        "artifact": str(path),
+        "format_version": FORMAT_VERSION,
+        "file_bytes": parsed.file_bytes,
+        "prefix_bytes": PREFIX_BYTES,
+        "header_bytes": parsed.header_bytes,
+        "payload_bytes": sum(e.length for e in header.tensors),
+        "payload_bytes_by_role": by_role,
+        "payload_bytes_by_encoding": by_encoding,
+        "model_config": header.model_config_,
+        "meta": header.meta,
+        "aliases": header.aliases,
+        "codebooks": {name: {"min_symbol": cb.min_symbol, "alphabet": len(cb.counts), "symbols": sum(cb.counts)} for name, cb in header.codebooks.items()},
+        "tensors": [e.model_dump(exclude_none=True) for e in header.tensors],
+    }
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    parsed = parse_artifact(read_artifact_bytes(args.artifact))
+    decode_tensors(parsed)
+    info = describe(args.artifact, parsed)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['artifact']}: {info['file_bytes']} bytes (header {info['header_bytes']}, payload {info['payload_bytes']}), format v{info['format_version']}")
+    for entry in info["tensors"]:
+        bits = f"int{entry['bits']}" if "bits" in entry else entry["dtype"]
+        shape = "x".join(map(str, entry["shape"])) or "scalar"
+        print(f"  {entry['name']:<40} {entry['role']:<6} {shape:>12} {bits:>8} {entry['encoding']:>7} {entry['length']:>10}")
+    return 0
+
+
+def _unpack(args: argparse.Namespace) -> int:
+    parsed = parse_artifact(read_artifact_bytes(args.artifact))
+    decoded = decode_tensors(parsed)
+    tensors = {f"{role}/{name}": tensor.contiguous() for (name, role), tensor in decoded.items()}
+    with atomic_dir(args.out) as tmp:
+        save_file(tensors, str(Path(tmp) / UNPACKED_TENSORS))
+        write_json_atomic(Path(tmp) / UNPACKED_HEADER, describe(args.artifact, parsed))
+    print(f"{args.out}: {len(tensors)} tensors ({UNPACKED_TENSORS}: q/<name> int8, scale/<name> float16, plain/<name> as stored; {UNPACKED_HEADER})")
+    return 0
+
+
+def add_inspect_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("inspect", help="validate an artifact; print its tensor table and byte accounting")
+    parser.add_argument("artifact", help="path of a .pgolf artifact")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON")
+    parser.set_defaults(func=_inspect)
+
+
+def add_unpack_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("unpack", help="write an artifact's tensors as safetensors (integers as integers)")
+    parser.add_argument("artifact", help="path of a .pgolf artifact")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.set_defaults(func=_unpack)

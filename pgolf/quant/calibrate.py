@@ -1,0 +1,112 @@
+"""calibrate: GPTQ Hessians from the trained model run on *training* tokens, never validation.
+
+The stage is given explicit training shard files (DVC deps are those files, not the shard
+directory, so validation shards are neither read nor a dependency). A path whose name is not a
+training shard's is refused before anything is opened. Windows of `seq_len` tokens are drawn at
+seeded random positions from those shards (memory-mapped: only the windows are read).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pgolf.config.quant import CalibrateParams
+from pgolf.data.shards import read_shard
+from pgolf.errors import DataError
+from pgolf.io import atomic_dir, read_json, write_json_atomic
+from pgolf.quant.hessian import HessianSet, collect_hessians
+
+log = logging.getLogger(__name__)
+
+TRAIN_SHARD_NAME = re.compile(r"^fineweb_train_\d{6}\.bin$")
+HESSIANS_FILE = "hessians.safetensors"
+LAYERS_FILE = "hessians.json"
+
+
+@dataclass(frozen=True)
+class CalibrateResult:
+    tokens: int
+    batches: int
+    layers: int
+    groups: int
+    shards: tuple[str, ...]
+    calibrate_time_s: float
+
+
+def check_train_shards(paths: list[str | Path]) -> list[Path]:
+    """The paths, each named like a training shard; DataError (before any read) otherwise."""
+    if not paths:
+        raise DataError("calibrate needs at least one training shard")
+    out = []
+    for path in map(Path, paths):
+        if not TRAIN_SHARD_NAME.match(path.name):
+            raise DataError(f"{path}: not a training shard (fineweb_train_NNNNNN.bin); calibration never reads validation data")
+        out.append(path)
+    return out
+
+
+def sample_batches(shards: list[np.ndarray], params: CalibrateParams) -> Iterator[torch.Tensor]:
+    """`params.batches` LongTensors [batch_seqs, seq_len] of windows at seeded random positions."""
+    usable = [i for i, tokens in enumerate(shards) if tokens.size >= params.seq_len]
+    if not usable:
+        raise DataError(f"no training shard holds a window of calibrate.seq_len={params.seq_len} tokens")
+    sizes = np.array([shards[i].size - params.seq_len + 1 for i in usable], dtype=np.float64)
+    rng = np.random.default_rng(params.seed)
+    for _ in range(params.batches):
+        picks = rng.choice(len(usable), size=params.batch_seqs, p=sizes / sizes.sum())
+        rows = []
+        for pick in picks:
+            start = int(rng.integers(0, int(sizes[pick])))
+            rows.append(np.asarray(shards[usable[pick]][start : start + params.seq_len], dtype=np.int64))
+        yield torch.from_numpy(np.stack(rows))
+
+
+def calibrate_hessians(model: nn.Module, train_shards: list[str | Path], params: CalibrateParams) -> HessianSet:
+    """Hessians of every linear layer of `model` over training windows from `train_shards`."""
+    paths = check_train_shards(train_shards)
+    shards = [read_shard(p) for p in paths]
+    return collect_hessians(model, sample_batches(shards, params))
+
+
+def save_hessians(hs: HessianSet, out_dir: Path, shards: list[str]) -> None:
+    save_file({name: h.contiguous() for name, h in hs.hessians.items()}, str(out_dir / HESSIANS_FILE))
+    write_json_atomic(out_dir / LAYERS_FILE, {"layers": hs.layers, "tokens": hs.tokens, "shards": shards})
+
+
+def load_hessians(directory: str | Path) -> HessianSet:
+    directory = Path(directory)
+    info = read_json(directory / LAYERS_FILE, "calibrate output")
+    path = directory / HESSIANS_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: Hessians not found (did the calibrate stage run?)")
+    hessians = load_file(str(path))
+    missing = sorted(set(info["layers"].values()) - set(hessians))
+    if missing:
+        raise DataError(f"{path}: missing Hessians for {', '.join(missing[:3])}")
+    return HessianSet(hessians=hessians, layers=info["layers"], tokens=int(info["tokens"]))
+
+
+def calibrate_stage(params: CalibrateParams, checkpoint_dir: str | Path, train_shards: list[str | Path], out_dir: str | Path, metrics_path: str | Path) -> CalibrateResult:
+    """The `calibrate` stage: load the checkpoint, collect Hessians, write them and metrics."""
+    from pgolf.train.checkpoint import load_model
+
+    started = time.perf_counter()
+    model = load_model(checkpoint_dir)
+    hs = calibrate_hessians(model, train_shards, params)
+    names = [Path(p).name for p in train_shards]
+    with atomic_dir(out_dir) as tmp:
+        save_hessians(hs, tmp, names)
+    result = CalibrateResult(hs.tokens, params.batches, len(hs.layers), len(hs.hessians), tuple(names), time.perf_counter() - started)
+    write_json_atomic(metrics_path, result.__dict__ | {"shards": names})
+    log.info("tokens: %d layers: %d groups: %d calibrate_time_s: %.1f", result.tokens, result.layers, result.groups, result.calibrate_time_s)
+    return result
