@@ -1,0 +1,184 @@
+"""pack: codecs, the ANS coder against the entropy bound and brotli-11, byte accounting, the
+limit gate, the loader on a real GPT, and the inspect/unpack CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from pgolf.cli import main as cli_main
+from pgolf.config.quant import PackParams, QuantizeParams
+from pgolf.errors import ArtifactError
+from pgolf.io import read_json
+from pgolf.model import build_model
+from pgolf.pack import load_artifact, load_model_from_artifact
+from pgolf.pack.code_bytes import measure_code_bytes
+from pgolf.pack.codecs import CODECS, compress, decompress, shuffle_bytes, unshuffle_bytes
+from pgolf.pack.entropy import decode, encode, fit_codebook, order0_entropy_bits
+from pgolf.pack.pack import ARTIFACT_NAME, pack_model, pack_stage
+from pgolf.quant.apply import quantize_state
+from pgolf.quant.rtn import qmax_for_bits, rtn, std_scale
+from pgolf.quant.store import save_quantized
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"vocab_size": 64, "num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1}
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("itemsize", [1, 2, 4])
+def test_codecs_round_trip_with_shuffle(codec, itemsize):
+    data = np.random.default_rng(itemsize).standard_normal(300).astype(np.float32).tobytes()[: 240 * itemsize]
+    shuffled = shuffle_bytes(data, itemsize)
+    assert unshuffle_bytes(shuffled, itemsize) == data
+    blob = compress(shuffled, codec, 5)
+    assert unshuffle_bytes(decompress(blob, codec, len(data)), itemsize) == data
+    with pytest.raises(ArtifactError):
+        decompress(blob, codec, len(data) - 1)
+    with pytest.raises(ArtifactError):
+        decompress(blob, codec, len(data) + 7)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-31, 31), min_size=0, max_size=400), st.integers(1, 5))
+def test_ans_round_trips_any_symbols(values, spread):
+    symbols = np.asarray(values, dtype=np.int8) // spread
+    book = fit_codebook(symbols)
+    assert np.array_equal(decode(encode(symbols, book), book, symbols.size), symbols)
+
+
+def test_order0_entropy():
+    assert order0_entropy_bits(np.array([0, 1, 0, 1])) == pytest.approx(4.0)
+    assert order0_entropy_bits(np.zeros(10)) == 0.0
+    assert order0_entropy_bits(np.array([1, 2, 3, 4, 5, 6, 7, 8])) == pytest.approx(24.0)
+
+
+def trained_like_symbols(bits: int, k: float, rows: int = 512, cols: int = 1024) -> np.ndarray:
+    """Heavy-tailed rows (like trained weights), quantized with the frontier's std scale.
+
+    512x1024 is one MLP matrix of the baseline model; a real tensor group holds many of them,
+    so the codebook (stored once per group) weighs even less there than here."""
+    g = torch.Generator().manual_seed(bits)
+    torch.manual_seed(bits)
+    w = torch.distributions.StudentT(5.0).sample((rows, cols)) * torch.rand(rows, 1, generator=g).add(0.5)
+    maxq = qmax_for_bits(bits)
+    return rtn(w, std_scale(w, k, maxq), maxq).numpy()
+
+
+@pytest.mark.parametrize(("bits", "k"), [(6, 12.0), (8, 20.0), (4, 6.0)])
+def test_ans_is_within_2_percent_of_entropy_and_beats_brotli11(bits, k):
+    symbols = trained_like_symbols(bits, k)
+    book = fit_codebook(symbols)
+    coded = len(encode(symbols, book)) + len(json.dumps(book.to_json()))
+    entropy_bytes = order0_entropy_bits(symbols) / 8
+    assert coded <= 1.02 * entropy_bytes
+    assert coded < len(compress(symbols.tobytes(), "brotli", 11))
+
+
+def test_code_bytes_definition(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "b.py").write_text("print('b')\n" * 50)
+    (tmp_path / "pkg" / "a.py").write_text("print('a')\n" * 50)
+    code = measure_code_bytes(["pkg/*.py", "pkg/a.py", "missing/*.py"], tmp_path)
+    assert code.files == ("pkg/a.py", "pkg/b.py")
+    assert code.missing_patterns == ("missing/*.py",)
+    assert code.bytes_raw == len("# file: pkg/a.py\n") + 550 + 1 + len("# file: pkg/b.py\n") + 550 + 1
+    assert 0 < code.bytes_code < code.bytes_raw
+    assert measure_code_bytes(["pkg/*.py"], tmp_path) == measure_code_bytes(["pkg/*.py"], tmp_path)
+    with pytest.raises(ArtifactError, match="matches no file"):
+        measure_code_bytes(["nothing/*.py"], tmp_path)
+
+
+def test_default_code_files_cover_model_decoder_and_eval():
+    code = measure_code_bytes(PackParams().code_files, REPO)
+    for must in ("pgolf/model/gpt.py", "pgolf/pack/artifact.py", "pgolf/pack/entropy.py", "pgolf/pack/load.py"):
+        assert must in code.files
+    assert 1000 < code.bytes_code < 200_000
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    qm = quantize_state(model.state_dict(), {}, QuantizeParams(method="rtn", min_numel=512), model.config.model_dump(mode="json"))
+    directory = tmp_path_factory.mktemp("quantize")
+    save_quantized(qm, directory)
+    return model, qm, directory
+
+
+def test_pack_stage_writes_artifact_and_metrics(quantized, tmp_path):
+    model, qm, qdir = quantized
+    report = pack_stage(PackParams(), qdir, tmp_path / "data" / "pack", tmp_path / "metrics" / "pack.json", repo_root=REPO)
+    metrics = read_json(tmp_path / "metrics" / "pack.json")
+    for key in ("artifact", "bytes_model", "bytes_code", "bytes_total", "limit_bytes", "groups"):
+        assert key in metrics
+    artifact = tmp_path / "data" / "pack" / ARTIFACT_NAME
+    assert metrics["bytes_model"] == artifact.stat().st_size == report.bytes_model
+    assert metrics["bytes_total"] == metrics["bytes_model"] + metrics["bytes_code"]
+    assert metrics["limit_bytes"] == 16_000_000
+    for group in ("attention", "mlp", "embedding"):
+        g = metrics["groups"][group]
+        assert g["symbols"] > 0 and g["packed_bytes"] > 0 and g["entropy_bytes"] > 0 and "rel_recon_err_mean" in g["quant_error"]
+    assert metrics["groups"]["attention"]["bits"] == 6
+    assert not Path(metrics["artifact"]).is_absolute()
+    rebuilt = load_model_from_artifact(artifact)
+    reference = build_model(qm.model_config)
+    reference.load_state_dict(qm.state_dict())
+    idx = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(idx), reference(idx))
+    assert load_artifact(artifact).model_config == qm.model_config
+
+
+def test_over_the_limit_fails_naming_the_overage_and_leaves_nothing(quantized, tmp_path):
+    _, _, qdir = quantized
+    out = tmp_path / "pack"
+    pack_stage(PackParams(), qdir, out, tmp_path / "m.json", repo_root=REPO)
+    assert (out / ARTIFACT_NAME).exists()
+    with pytest.raises(ArtifactError, match=r"exceeds pack.limit_bytes 1000 by \d+ bytes"):
+        pack_stage(PackParams(limit_bytes=1000), qdir, out, tmp_path / "m2.json", repo_root=REPO)
+    assert not out.exists() and not (tmp_path / "m2.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pack")]
+
+
+def test_wrong_model_config_is_an_artifact_error(quantized, tmp_path):
+    _, qm, _ = quantized
+    bad = type(qm)({**qm.model_config, "model_dim": 64}, qm.quantized, qm.passthrough, qm.dtypes, qm.aliases, [])
+    path = tmp_path / "bad.pgolf"
+    path.write_bytes(pack_model(bad, PackParams()).data)
+    with pytest.raises(ArtifactError, match="do not fit the model"):
+        load_model_from_artifact(path)
+
+
+def test_inspect_and_unpack_cli(quantized, tmp_path, capsys):
+    _, qm, _ = quantized
+    path = tmp_path / "model.pgolf"
+    path.write_bytes(pack_model(qm, PackParams()).data)
+    assert cli_main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["file_bytes"] == path.stat().st_size
+    assert {e["role"] for e in info["tensors"]} == {"q", "scale", "plain"}
+    assert cli_main(["unpack", str(path), "--out", str(tmp_path / "unpacked")]) == 0
+    tensors = load_file(str(tmp_path / "unpacked" / "tensors.safetensors"))
+    name = "blocks.0.mlp.fc.weight"
+    assert tensors[f"q/{name}"].dtype == torch.int8 and torch.equal(tensors[f"q/{name}"], qm.quantized[name].q)
+    assert tensors[f"scale/{name}"].is_floating_point()
+    assert tensors["plain/blocks.0.attn_scale"].is_floating_point()
+    bad = tmp_path / "bad.pgolf"
+    bad.write_bytes(path.read_bytes()[:-3])
+    proc = subprocess.run([sys.executable, "-m", "pgolf", "inspect", str(bad), "--json"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "truncated" in proc.stderr
