@@ -116,7 +116,7 @@ def test_gpt_hessians_share_qkv_inputs(shard_dir):
 
 
 def write_checkpoint(directory: Path, model: torch.nn.Module) -> None:
-    meta = CheckpointMeta(model_config=dict(model.config.model_dump(mode="json")), step=1, tokens_seen=0, data_position=StreamPosition(), seed=0, ema=False, fingerprint="test", params={})
+    meta = CheckpointMeta(model_config=dict(model.config.model_dump(mode="json")), step=1, tokens_seen=0, data_position=StreamPosition(), seed=0, ema=False, fingerprint="test", params={"seq_len": 16})
     save_checkpoint(directory, meta, model.state_dict(), {})
 
 
@@ -124,8 +124,8 @@ def test_calibrate_then_quantize_stages(shard_dir, tmp_path):
     model = tiny_model()
     ckpt = tmp_path / "checkpoint"
     write_checkpoint(ckpt, model)
-    result = calibrate_stage(PARAMS, ckpt, [shard_dir / "fineweb_train_000000.bin"], tmp_path / "calibrate", tmp_path / "metrics" / "calibrate.json")
-    assert result.tokens == 96 and result.layers == 12 and result.groups == 8
+    result = calibrate_stage(PARAMS.model_copy(update={"seq_len": None}), ckpt, [shard_dir / "fineweb_train_000000.bin"], tmp_path / "calibrate", tmp_path / "metrics" / "calibrate.json")
+    assert result.tokens == 96 and result.seq_len == 16 and result.layers == 12 and result.groups == 8
     assert read_json(tmp_path / "metrics" / "calibrate.json")["shards"] == ["fineweb_train_000000.bin"]
     hs = load_hessians(tmp_path / "calibrate")
     assert len(hs.hessians) == 8

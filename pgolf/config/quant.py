@@ -14,7 +14,7 @@ class CalibrateParams(Section):
 
     batches: int = Field(16, ge=1, le=4096, description="batches of training tokens run through the model (frontier: 16)")
     batch_seqs: int = Field(4, ge=1, le=4096, description="sequences per batch")
-    seq_len: int = Field(512, ge=8, le=65536, description="tokens per sequence")
+    seq_len: int | None = Field(None, ge=8, le=65536, description="tokens per sequence; null = the checkpoint's train.seq_len")
     seed: int = Field(0, ge=0, description="seed of the random window starts in the training tokens")
 
 
@@ -52,6 +52,7 @@ class PackParams(Section):
     zstd_level: int = Field(22, ge=1, le=22, description="zstd compression level")
     brotli_quality: int = Field(11, ge=0, le=11, description="brotli quality")
     lzma_preset: int = Field(9, ge=0, le=9, description="lzma preset (with the extreme flag)")
+    reference_brotli: bool = Field(True, description="also report brotli-11 of each group's symbols in metrics/pack.json (the bar the entropy coder must beat; ~1 s per MB)")
     limit_bytes: int = Field(16_000_000, ge=1, description="challenge cap on bytes_model + bytes_code (decimal bytes)")
     code_files: list[str] = Field(
         [

@@ -7,6 +7,7 @@ Scales and passthrough tensors go through `pack.side_codec`, byte-shuffled if `p
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -28,11 +29,13 @@ from pgolf.quant.apply import QuantizedModel, dtype_name, summarize_report
 log = logging.getLogger(__name__)
 
 ARTIFACT_NAME = "model.pgolf"
+REFERENCE_BROTLI_QUALITY = 11
 
 
 @dataclass(frozen=True)
 class PackedModel:
-    """Artifact bytes plus the per-group accounting of its integer symbols."""
+    """Artifact bytes plus the per-group accounting of its integer symbols (packed bytes of a group
+    include its ANS codebook)."""
 
     data: bytes
     groups: dict[str, dict]
@@ -104,25 +107,37 @@ def pack_model(qm: QuantizedModel, params: PackParams, meta: dict | None = None)
             blobs.append(blob)
             packed["passthrough"] = packed.get("passthrough", 0) + len(blob)
     data = encode_artifact(qm.model_config, meta or {}, dict(qm.aliases), {k: v.to_json() for k, v in codebooks.items()}, entries, blobs)
-    groups = group_accounting(qm, by_group, packed)
+    if params.coder == "ans":
+        for book_name, book in codebooks.items():
+            group = book_name if params.distribution == "group" else qm.quantized[book_name].group
+            packed[f"{group}_codebook"] = packed.get(f"{group}_codebook", 0) + codebook_bytes(book.to_json())
+    groups = group_accounting(qm, by_group, packed, params.reference_brotli)
     return PackedModel(data, groups, sum(g["packed_bytes"] for g in groups.values()), sum(g["entropy_bytes"] for g in groups.values()))
 
 
-def group_accounting(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], packed: dict[str, int]) -> dict[str, dict]:
+def codebook_bytes(book: dict) -> int:
+    """What a codebook adds to the artifact header (its compact JSON)."""
+    return len(json.dumps(book, separators=(",", ":")))
+
+
+def group_accounting(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], packed: dict[str, int], reference_brotli: bool) -> dict[str, dict]:
     errors = summarize_report(qm.report)
     groups = {}
     for group, parts in by_group.items():
         symbols = np.concatenate(parts)
         entropy_bits = order0_entropy_bits(symbols)
         bits = sorted({qt.bits for qt in qm.quantized.values() if qt.group == group})
+        coded = packed.get(group, 0) + packed.get(f"{group}_codebook", 0)
         groups[group] = {
             "bits": bits[0] if len(bits) == 1 else bits,
             "symbols": int(symbols.size),
             "entropy_bits": entropy_bits,
             "entropy_bytes": entropy_bits / 8,
-            "packed_bytes": packed.get(group, 0),
-            "packed_to_entropy": packed.get(group, 0) / (entropy_bits / 8) if entropy_bits else None,
+            "packed_bytes": coded,
+            "codebook_bytes": packed.get(f"{group}_codebook", 0),
+            "packed_to_entropy": coded / (entropy_bits / 8) if entropy_bits else None,
             "scale_bytes": packed.get(f"{group}_scales", 0),
+            "brotli11_bytes": len(compress(symbols.tobytes(), "brotli", REFERENCE_BROTLI_QUALITY)) if reference_brotli else None,
             "quant_error": errors.get(group, {}),
         }
     return groups
@@ -161,6 +176,7 @@ def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Pat
         "bytes_symbols": packed.bytes_symbols,
         "entropy_bytes": packed.entropy_bytes,
         "symbols_to_entropy": packed.bytes_symbols / packed.entropy_bytes if packed.entropy_bytes else None,
+        "brotli11_symbol_bytes": sum(g["brotli11_bytes"] for g in packed.groups.values()) if params.reference_brotli else None,
         "coder": params.coder,
         "groups": packed.groups,
         "code": {"files": list(code.files), "missing_patterns": list(code.missing_patterns), "bytes_raw": code.bytes_raw, "codec": "lzma-9e"},

@@ -37,6 +37,7 @@ LAYERS_FILE = "hessians.json"
 class CalibrateResult:
     tokens: int
     batches: int
+    seq_len: int
     layers: int
     groups: int
     shards: tuple[str, ...]
@@ -57,6 +58,8 @@ def check_train_shards(paths: list[str | Path]) -> list[Path]:
 
 def sample_batches(shards: list[np.ndarray], params: CalibrateParams) -> Iterator[torch.Tensor]:
     """`params.batches` LongTensors [batch_seqs, seq_len] of windows at seeded random positions."""
+    if params.seq_len is None:
+        raise DataError("calibrate.seq_len is unresolved (null): the stage takes it from the checkpoint")
     usable = [i for i, tokens in enumerate(shards) if tokens.size >= params.seq_len]
     if not usable:
         raise DataError(f"no training shard holds a window of calibrate.seq_len={params.seq_len} tokens")
@@ -98,15 +101,20 @@ def load_hessians(directory: str | Path) -> HessianSet:
 
 def calibrate_stage(params: CalibrateParams, checkpoint_dir: str | Path, train_shards: list[str | Path], out_dir: str | Path, metrics_path: str | Path) -> CalibrateResult:
     """The `calibrate` stage: load the checkpoint, collect Hessians, write them and metrics."""
-    from pgolf.train.checkpoint import load_model
+    from pgolf.train.checkpoint import load_model, read_meta
 
     started = time.perf_counter()
+    if params.seq_len is None:
+        seq_len = read_meta(checkpoint_dir).params.get("seq_len")
+        if not isinstance(seq_len, int):
+            raise DataError(f"{checkpoint_dir}: checkpoint.json has no train seq_len; set calibrate.seq_len")
+        params = params.model_copy(update={"seq_len": seq_len})
     model = load_model(checkpoint_dir)
     hs = calibrate_hessians(model, train_shards, params)
     names = [Path(p).name for p in train_shards]
     with atomic_dir(out_dir) as tmp:
         save_hessians(hs, tmp, names)
-    result = CalibrateResult(hs.tokens, params.batches, len(hs.layers), len(hs.hessians), tuple(names), time.perf_counter() - started)
+    result = CalibrateResult(hs.tokens, params.batches, params.seq_len, len(hs.layers), len(hs.hessians), tuple(names), time.perf_counter() - started)
     write_json_atomic(metrics_path, result.__dict__ | {"shards": names})
     log.info("tokens: %d layers: %d groups: %d calibrate_time_s: %.1f", result.tokens, result.layers, result.groups, result.calibrate_time_s)
     return result
