@@ -115,3 +115,24 @@ def load_metric(path: str | Path, key: str) -> float:
     if not isinstance(value, (int, float)):
         raise DataError(f"{path}: '{key}' is not a number")
     return float(value)
+
+
+def write_report(live_dir: str | Path, metrics_dir: str | Path, out_dir: str | Path) -> dict:
+    """The training-curve PNG and the bpb-per-method table from a finished pipeline's outputs."""
+    live_dir, metrics_dir, out_dir = Path(live_dir), Path(metrics_dir), Path(out_dir)
+    curves = sorted((live_dir / "plots" / "metrics").rglob("*.tsv"))
+    if not curves:
+        raise DataError(f"{live_dir}: no DVCLive curves under plots/metrics (did the train stage run?)")
+    png = write_curves_png(curves, out_dir / "train_curve.png", title="training curves")
+    sliding = load_metric(metrics_dir / "eval_sliding.json", "val_bpb")
+    gap = load_metric(metrics_dir / "eval_sliding.json", "quantization_gap")
+    rows = [
+        {"method": "sliding, checkpoint (before quantization)", "val_bpb": sliding - gap},
+        {"method": "sliding, artifact", "val_bpb": sliding},
+        {"method": "chunked, artifact, no TTT", "val_bpb": load_metric(metrics_dir / "eval_ttt.json", "val_bpb_no_ttt")},
+        {"method": "TTT, artifact", "val_bpb": load_metric(metrics_dir / "eval_ttt.json", "val_bpb")},
+    ]
+    table = write_bpb_table(rows, out_dir / "eval_bpb.json")
+    log.info("train_curve_png: %s", png)
+    log.info("eval_bpb_table: %s", table)
+    return {"train_curve_png": str(png), "eval_bpb": rows}

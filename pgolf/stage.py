@@ -31,14 +31,17 @@ def run_stage(
     body: Callable[..., None],
     also: tuple[str, ...] = (),
     params_path: str | Path = "params.yaml",
+    own_section: bool = True,
 ) -> NoReturn:
     """Validate section `name` (and the sections in `also`), then call `body(params, *also_params)`.
 
+    A stage with no params of its own passes `own_section=False`: then `body(*also_params)`.
     Exits 2 on bad params before anything is read or written, 1 on a PgolfError, 0 when done.
     """
     setup_logging()
+    names = (name, *also) if own_section else also
     try:
-        sections = [load_section(section, params_path) for section in (name, *also)]
+        sections = [load_section(section, params_path) for section in names]
     except ParamsError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
