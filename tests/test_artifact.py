@@ -182,6 +182,15 @@ def test_decompression_bomb_is_bounded():
     reject(resign(header, new_payload), "more than")
 
 
+def test_tiny_file_cannot_claim_a_huge_constant_tensor():
+    """A single-symbol codebook codes any count in 0 bytes: the element cap per file byte stops it."""
+    header, payload = split(GOOD)
+    header["codebooks"]["attention"] = {"min_symbol": 0, "counts": [1]}
+    q = header["tensors"][0]
+    q["shape"], header["tensors"][1]["shape"] = [1 << 13, 1 << 13], [1 << 13]
+    reject(resign(header, payload), "implausible")
+
+
 def test_absurd_symbol_count_for_ans_is_bounded():
     header, payload = split(GOOD)
     header["tensors"][0]["shape"] = [1 << 14, 1 << 14]

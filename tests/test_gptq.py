@@ -171,3 +171,16 @@ def test_quantize_state_ties_passthrough_and_report():
     restored = qm.state_dict()
     assert restored["lm_head.weight"] is restored["wte.weight"]
     net.load_state_dict(restored)
+
+
+def test_quantize_state_with_clip_search_and_rtn():
+    torch.manual_seed(1)
+    net = TinyNet()
+    hs = collect_hessians(net, [torch.randint(0, 64, (4, 16))])
+    hessians = {n: hs.for_weight(n) for n in hs.layers}
+    clip = quantize_state(net.state_dict(), hessians, QuantizeParams(min_numel=1024, scale="clip_search", clip_candidates=8), {})
+    plain = quantize_state(net.state_dict(), hessians, QuantizeParams(min_numel=1024, method="rtn"), {})
+    assert {r["method"] for r in plain.report} == {"rtn"}
+    for qt in clip.quantized.values():
+        assert int(qt.q.abs().max()) <= qmax_for_bits(qt.bits)
+    assert {r["name"] for r in clip.report} == {r["name"] for r in plain.report}

@@ -51,6 +51,10 @@ MAX_HEADER_BYTES = 1 << 24
 MAX_ARTIFACT_BYTES = 1 << 30
 MAX_TENSOR_ELEMENTS = 1 << 28
 MAX_TOTAL_ELEMENTS = 1 << 28
+# A file may claim at most this many elements per byte of its size (plus a small allowance):
+# far above any real compression ratio, it stops a few-KB file from demanding gigabytes.
+MAX_ELEMENTS_PER_FILE_BYTE = 1024
+ELEMENT_ALLOWANCE = 1 << 16
 MAX_DIM = 1 << 28
 MAX_NDIM = 8
 ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "int32": 4, "int64": 8, "float16": 2, "bfloat16": 2, "float32": 4, "bool": 1}
@@ -130,8 +134,9 @@ def encode_artifact(model_config: dict, meta: dict, aliases: dict[str, str], cod
     return prefix + struct.pack("<I", crc32(prefix)) + header_bytes + b"".join(blobs)
 
 
-def parse_header(raw: bytes) -> Header:
-    """Decode and validate the JSON header (schema and cross-references)."""
+def parse_header(raw: bytes, file_bytes: int | None = None) -> Header:
+    """Decode and validate the JSON header (schema and cross-references); with `file_bytes`,
+    also bound the total element count by the file's size."""
     try:
         obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
@@ -146,7 +151,7 @@ def parse_header(raw: bytes) -> Header:
         raise ArtifactError(f"header field {where}: {err.get('msg', 'invalid')} ({exc.error_count()} problem(s))") from None
     except RecursionError:
         raise ArtifactError("header is nested too deeply") from None
-    _check_table(header)
+    _check_table(header, file_bytes)
     return header
 
 
@@ -154,9 +159,10 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed in an artifact header")
 
 
-def _check_table(header: Header) -> None:
+def _check_table(header: Header, file_bytes: int | None) -> None:
     seen: set[tuple[str, str]] = set()
     total = 0
+    cap = MAX_TOTAL_ELEMENTS if file_bytes is None else min(MAX_TOTAL_ELEMENTS, ELEMENT_ALLOWANCE + MAX_ELEMENTS_PER_FILE_BYTE * file_bytes)
     expected_offset = 0
     for entry in header.tensors:
         key = (entry.name, entry.role)
@@ -168,8 +174,8 @@ def _check_table(header: Header) -> None:
         if entry.numel > MAX_TENSOR_ELEMENTS:
             raise ArtifactError(f"tensor {entry.name}: {entry.numel} elements exceeds {MAX_TENSOR_ELEMENTS}")
         total += entry.numel
-        if total > MAX_TOTAL_ELEMENTS:
-            raise ArtifactError(f"artifact holds more than {MAX_TOTAL_ELEMENTS} elements")
+        if total > cap:
+            raise ArtifactError(f"table claims more than {cap} elements: implausible for a file of {file_bytes} bytes (cap {MAX_TOTAL_ELEMENTS})")
         if entry.offset != expected_offset:
             raise ArtifactError(f"tensor {entry.name}: offset {entry.offset}, expected {expected_offset} (blobs must be contiguous)")
         expected_offset += entry.length
@@ -234,7 +240,7 @@ def parse_artifact(data: bytes) -> ParsedArtifact:
     raw_header = data[PREFIX_BYTES : PREFIX_BYTES + header_len]
     if crc32(raw_header) != header_crc:
         raise ArtifactError("header checksum mismatch")
-    header = parse_header(raw_header)
+    header = parse_header(raw_header, len(data))
     used = sum(e.length for e in header.tensors)
     if used != payload_len:
         raise ArtifactError(f"table covers {used} payload bytes, prefix says {payload_len}")
