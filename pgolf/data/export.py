@@ -6,6 +6,9 @@ exactly `shard_tokens` tokens, documents running on across shard boundaries as i
 exporter. Batches are tokenized in worker processes but consumed in order, so the shards are the
 same for any worker count. When the fetch holds the official shards and the tokenizer is the
 official one, the shards are validated and linked instead of re-tokenized.
+
+Workers are started with the `spawn` method (no fork of a process that may hold threads), so a
+script calling `export_shards` with workers > 1 needs the usual ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
