@@ -181,3 +181,19 @@ def test_bad_ttt_params_are_refused(data: dict, message: str) -> None:
 def test_lora_targets_matching_nothing_is_a_params_error() -> None:
     with pytest.raises(ParamsError, match="lora_targets"):
         run_ttt(TinyCausalLM(), random_stream(LENGTHS), params(lora_targets="no_such_layer"))
+
+
+def test_zero_lr_is_exact_on_the_real_gpt() -> None:
+    from pgolf.config.train import ModelParams
+    from pgolf.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelParams(vocab_size=VOCAB, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2)).eval()
+    with torch.no_grad():
+        for p_ in model.parameters():
+            p_.add_(torch.randn_like(p_) * 0.1)
+    stream = random_stream(LENGTHS, seed=10)
+    p = params(lora_targets=r"c_q|c_v", lr=0.0)
+    assert np.array_equal(run_ttt(model, stream, p, adapt=False).nll, run_ttt(model, stream, p).nll, equal_nan=True)
+    adapted = run_ttt(model, stream, params(lora_targets=r"c_q|c_v", lr=0.05))
+    assert not np.array_equal(run_ttt(model, stream, p, adapt=False).nll, adapted.nll, equal_nan=True)

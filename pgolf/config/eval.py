@@ -24,7 +24,7 @@ class EvalSlidingParams(Section):
     """`eval_sliding`: windows of `window` tokens every `stride`; each later window scores its last `stride`."""
 
     window: int = Field(256, ge=1, le=65536, description="tokens of context per window (records: 2048)")
-    stride: int = Field(64, ge=1, le=65536, description="tokens between window starts, the tokens each later window scores (records: 64)")
+    stride: int = Field(128, ge=1, le=65536, description="tokens between window starts, the tokens each later window scores (records: 64)")
     batch_size: int = Field(32, ge=1, le=65536, description="windows per forward pass")
     doc_bounded: bool = Field(False, description="true: the context never reaches back past the BOS of the token's document (windows restart at each document)")
 
@@ -39,7 +39,7 @@ class EvalTTTParams(Section):
     """`eval_ttt`: score-first test-time training over document chunks, with a legality check."""
 
     adapter: Literal["lora", "sgd"] = Field("lora", description="lora: a LoRA per document lane on the linear layers; sgd: plain SGD on every weight of the model")
-    chunk_tokens: int = Field(64, ge=1, le=65536, description="targets per chunk: a chunk is scored, then trained on (records: 48)")
+    chunk_tokens: int = Field(128, ge=1, le=65536, description="targets per chunk: a chunk is scored, then trained on (records: 48)")
     window: int = Field(256, ge=2, le=65536, description="most tokens of context when scoring or training a chunk; must be >= chunk_tokens")
     batch_docs: int = Field(32, ge=1, le=4096, description="documents adapted side by side (lora only; lanes are independent); sgd needs 1")
     lr: float = Field(0.003, ge=0.0, le=10.0, description="learning rate (Adam for lora, SGD for sgd); 0 reproduces val_bpb_no_ttt exactly")

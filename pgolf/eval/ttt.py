@@ -197,26 +197,42 @@ class TTTRunner:
         self.adapter.select(rnd.lanes)
         return self.adapter.model(inputs.to(self.device)), targets.to(self.device)
 
-    @torch.no_grad()
-    def score(self, rnd: Round) -> None:
-        logits, targets = self._forward(rnd)
-        mask = targets >= 0
-        nll = token_nll(logits[mask], targets[mask]).cpu().numpy()
-        positions = np.concatenate([np.arange(w.score_from, w.stop + 1) for w in rnd.chunks])
-        self.nll[positions] = nll
-        self.ledger.record_scores(positions, log_mass(logits[mask]))
+    def trained_rows(self, rnd: Round) -> list[int]:
+        """Rows whose chunk the adapter trains on (a document's last chunk is useless once its lane resets)."""
+        if isinstance(self.adapter, FrozenModel):
+            return []
+        return [i for i, last in enumerate(rnd.last) if self.adapter.trains_last_chunk or not last]
 
-    def adapt(self, rnd: Round) -> None:
-        keep = [i for i, last in enumerate(rnd.last) if self.adapter.trains_last_chunk or not last]
-        if not keep or isinstance(self.adapter, FrozenModel):
+    def score(self, rnd: Round) -> tuple[Tensor, Tensor] | None:
+        """Score the round's chunks and record the scores; no update happens here.
+
+        When training follows, the forward keeps its graph so the first training step reuses it
+        (same weights, same inputs); it is returned as (logits, targets), else None.
+        """
+        with torch.set_grad_enabled(bool(self.trained_rows(rnd))):
+            logits, targets = self._forward(rnd)
+        mask = targets >= 0
+        scored = logits.detach()[mask]
+        positions = np.concatenate([np.arange(w.score_from, w.stop + 1) for w in rnd.chunks])
+        self.nll[positions] = token_nll(scored, targets[mask]).cpu().numpy()
+        self.ledger.record_scores(positions, log_mass(scored))
+        return (logits, targets) if logits.requires_grad else None
+
+    def adapt(self, rnd: Round, scored: tuple[Tensor, Tensor] | None = None) -> None:
+        """`steps` optimizer steps on the round's chunks; `scored` is score()'s graph for the first."""
+        keep = self.trained_rows(rnd)
+        if not keep:
             return
         sub = Round(rnd.lanes[keep], [rnd.chunks[i] for i in keep], [rnd.last[i] for i in keep])
         self.ledger.check_training(
             np.concatenate([np.arange(w.start, w.stop) for w in sub.chunks]),
             np.concatenate([np.arange(w.score_from, w.stop + 1) for w in sub.chunks]),
         )
-        for _ in range(self.params.steps):
-            logits, targets = self._forward(sub)
+        for step in range(self.params.steps):
+            if step == 0 and scored is not None:
+                logits, targets = scored[0][keep], scored[1][keep]
+            else:
+                logits, targets = self._forward(sub)
             per_token = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")  # [B, T]
             mask = (targets >= 0).to(per_token.dtype)
             loss = ((per_token * mask).sum(1) / mask.sum(1)).sum()  # per-lane mean: lanes learn independently
@@ -226,8 +242,7 @@ class TTTRunner:
         t0 = time.perf_counter()
         self.adapter.model.eval()
         for rnd in tqdm(self.rounds(), desc="ttt", unit="round", disable=None, mininterval=1.0):
-            self.score(rnd)
-            self.adapt(rnd)
+            self.adapt(rnd, self.score(rnd))
         return TTTOutcome(summarize(self.stream, self.nll, time.perf_counter() - t0), self.nll, self.ledger)
 
 
