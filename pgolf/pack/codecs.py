@@ -38,9 +38,7 @@ def compress(data: bytes, codec: str, level: int) -> bytes:
     if codec == "brotli":
         return brotli.compress(data, quality=level)
     if codec == "lzma":
-        filters = _lzma_filters(level)
-        filters[0]["dict_size"] = LZMA_DICT_BYTES
-        return lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
+        return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(level))
     raise ArtifactError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
 
 

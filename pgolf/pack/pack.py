@@ -25,6 +25,7 @@ from pgolf.pack.code_bytes import measure_code_bytes
 from pgolf.pack.codecs import compress, shuffle_bytes
 from pgolf.pack.entropy import encode, fit_codebook, order0_entropy_bits
 from pgolf.quant.apply import QuantizedModel, dtype_name, summarize_report
+from pgolf.quant.store import load_quantized
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,6 @@ class PackReport:
 
 def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, repo_root: str | Path = ".") -> PackReport:
     """The `pack` stage: artifact into `out_dir`, metrics JSON; fails over the byte limit."""
-    from pgolf.quant.store import load_quantized
-
     qm = load_quantized(quantized_dir)
     meta = {"pack": {"coder": params.coder, "distribution": params.distribution, "side_codec": params.side_codec}}
     packed = pack_model(qm, params, meta)
