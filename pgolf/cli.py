@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pgolf.eval.cli", "add_eval_command"),
     "inspect": ("pgolf.pack.cli", "add_inspect_command"),
     "unpack": ("pgolf.pack.cli", "add_unpack_command"),
+    "train": ("pgolf.train.stage", "add_train_command"),
 }
 
 
