@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,15 @@ from pgolf.model import GPT, model_config_dict
 from pgolf.pack.pack import pack_model
 from pgolf.quant.apply import quantize_state
 from pgolf.tokenizer import byte_table, stream_bytes
+from pgolf.train.checkpoint import CheckpointMeta, save_checkpoint
+from pgolf.train.data import StreamPosition
+
+REPO = Path(__file__).resolve().parents[1]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors: extra threads only contend
+STAGE_PARAMS = """
+eval_sliding: {window: 64, stride: 32, batch_size: 16, doc_bounded: true}
+eval_ttt: {chunk_tokens: 32, window: 64, batch_docs: 8, lr: 0.01, legality_tokens: 300}
+"""
 
 torch.set_num_threads(1)
 
@@ -41,7 +53,11 @@ def workspace(tmp_path_factory) -> dict:
     artifact = root / "pack" / "model.pgolf"
     artifact.parent.mkdir()
     artifact.write_bytes(pack_model(qm, PackParams(), {}).data)
+    meta = CheckpointMeta(model_config_dict(model), 1, 0, StreamPosition(), 0, False, "test", {})
+    save_checkpoint(root / "checkpoint", meta, model.state_dict(), {})
     return {
+        "root": root,
+        "checkpoint": root / "checkpoint",
         "artifact": artifact,
         "shards": shards,
         "tokenizer": root / "tokenizer" / "tokenizer.model",
@@ -112,3 +128,37 @@ def test_missing_inputs_exit_1(workspace, capsys, tmp_path: Path) -> None:
     assert code == 1
     code, _, err = run_eval(dict(workspace, shards=tmp_path), capsys, "--method", "plain")
     assert code == 1 and "manifest" in err
+
+
+def run_stage_script(ws: dict, name: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    (tmp_path / "params.yaml").write_text(STAGE_PARAMS)
+    metrics = tmp_path / "metrics" / f"{name}.json"
+    args = ["--artifact", ws["artifact"].parent, "--shards", ws["shards"], "--tokenizer", ws["tokenizer"], "--checkpoint", ws["checkpoint"], "--metrics", metrics]
+    cmd = [sys.executable, str(REPO / "stages" / f"{name}.py"), *map(str, args)]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=ONE_THREAD), metrics
+
+
+def test_eval_sliding_stage_writes_metrics_with_the_gap(workspace, tmp_path: Path) -> None:
+    proc, metrics = run_stage_script(workspace, "eval_sliding", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(metrics.read_text())
+    assert set(out) == {"val_bpb", "val_loss", "scored_tokens", "scored_bytes", "seconds", "quantization_gap"}
+    assert out["scored_bytes"] == workspace["val_bytes"]
+    assert isinstance(out["quantization_gap"], float) and out["quantization_gap"] != 0.0
+
+
+def test_eval_ttt_stage_writes_metrics_with_legality(workspace, tmp_path: Path) -> None:
+    proc, metrics = run_stage_script(workspace, "eval_ttt", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(metrics.read_text())
+    assert {"val_bpb", "val_loss", "scored_tokens", "scored_bytes", "seconds", "quantization_gap", "val_bpb_no_ttt"} <= set(out)
+    assert out["legality"]["passed"] is True
+    assert "legality: passed" in proc.stderr
+
+
+def test_stage_with_bad_params_exits_2_and_writes_nothing(workspace, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("eval_sliding: {window: 8, stride: 16}\n")
+    cmd = [sys.executable, str(REPO / "stages" / "eval_sliding.py"), "--metrics", str(tmp_path / "m.json")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
+    assert proc.returncode == 2 and "stride (16) must be <= window (8)" in proc.stderr
+    assert not (tmp_path / "m.json").exists()
