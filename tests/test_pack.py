@@ -26,12 +26,18 @@ from pgolf.pack.code_bytes import measure_code_bytes
 from pgolf.pack.codecs import CODECS, compress, decompress, shuffle_bytes, unshuffle_bytes
 from pgolf.pack.entropy import decode, encode, fit_codebook, order0_entropy_bits
 from pgolf.pack.pack import ARTIFACT_NAME, codebook_bytes, pack_model, pack_stage
-from pgolf.quant.apply import quantize_state
+from pgolf.pack.artifact import parse_artifact
+from pgolf.pack.load import artifact_from_parsed
+from pgolf.quant.apply import QuantizedModel, QuantTensor, quantize_state
 from pgolf.quant.rtn import qmax_for_bits, rtn, std_scale
 from pgolf.quant.store import save_quantized
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load(data: bytes):
+    return artifact_from_parsed(parse_artifact(data))
 TINY = {"vocab_size": 64, "num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1}
 
 
@@ -83,6 +89,29 @@ def test_ans_is_within_2_percent_of_entropy_and_beats_brotli11(bits, k):
     entropy_bytes = order0_entropy_bits(symbols) / 8
     assert coded <= 1.02 * entropy_bytes
     assert coded < len(compress(symbols.tobytes(), "brotli", 11))
+
+
+def test_best_coder_takes_the_smaller_of_ans_and_lz_per_tensor():
+    """Near-duplicate rows (as in the embedding of briefly trained models): order-0 ANS cannot see
+    the repeats, brotli can; `best` keeps brotli there and ANS on iid-like rows."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(-20, 21, (1, 256), generator=g).to(torch.int8)
+    dup = base.repeat(256, 1)
+    dup[::7] = torch.randint(-20, 21, (37, 256), generator=g).to(torch.int8)
+    iid = torch.clamp(torch.round(torch.randn(256, 256, generator=g) * 6), -31, 31).to(torch.int8)
+    scale = torch.full((256,), 0.01).half()
+    q = {"emb.weight": QuantTensor("emb.weight", "embedding", 6, dup, scale, "float32"), "mlp.weight": QuantTensor("mlp.weight", "mlp", 6, iid, scale, "float32")}
+    qm = QuantizedModel({}, q, {}, {"emb.weight": "float32", "mlp.weight": "float32"})
+    best = pack_model(qm, PackParams(coder="best", reference_brotli=True))
+    ans = pack_model(qm, PackParams(coder="ans", reference_brotli=False))
+    assert best.groups["embedding"]["encodings"] != {"ans": 1} and best.groups["mlp"]["encodings"] == {"ans": 1}
+    assert best.groups["embedding"]["packed_bytes"] < 0.5 * ans.groups["embedding"]["packed_bytes"]
+    assert best.groups["embedding"]["codebook_bytes"] == 0  # unused codebooks are not stored
+    for group in best.groups.values():
+        assert group["packed_bytes"] <= group["ans_bytes"] and group["packed_bytes"] <= 1.01 * group["brotli11_bytes"]  # + the codebook
+    assert best.bytes_model < ans.bytes_model
+    art = load(best.data)
+    assert torch.equal(art.tensors["emb.weight"], qm.state_dict()["emb.weight"])
 
 
 def test_code_bytes_definition(tmp_path):

@@ -1,7 +1,8 @@
 """pack: a QuantizedModel -> artifact bytes, byte accounting, and the 16,000,000-byte gate.
 
 Integer symbols are coded by `pack.coder`: `ans` fits one distribution per tensor group (or per
-tensor) to the symbols and entropy-codes them; zstd/brotli/lzma/raw code the int8 bytes.
+tensor) to the symbols and entropy-codes them; zstd/brotli/lzma/raw code the int8 bytes; `best`
+keeps, per tensor, the smallest of ANS, brotli and lzma.
 Scales and passthrough tensors go through `pack.side_codec`, byte-shuffled if `pack.shuffle`.
 """
 
@@ -23,14 +24,16 @@ from pgolf.io import atomic_dir, write_json_atomic
 from pgolf.pack.artifact import encode_artifact
 from pgolf.pack.code_bytes import measure_code_bytes
 from pgolf.pack.codecs import compress, shuffle_bytes
-from pgolf.pack.entropy import encode, fit_codebook, order0_entropy_bits
-from pgolf.quant.apply import QuantizedModel, dtype_name, summarize_report
+from pgolf.pack.entropy import Codebook, encode, fit_codebook, order0_entropy_bits
+from pgolf.quant.apply import QuantizedModel, QuantTensor, dtype_name, summarize_report
 from pgolf.quant.store import load_quantized
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_NAME = "model.pgolf"
 REFERENCE_BROTLI_QUALITY = 11
+ANS_CODERS = ("ans", "best")
+BEST_GENERAL = ("brotli", "lzma")
 
 
 @dataclass(frozen=True)
@@ -69,49 +72,79 @@ def side_blob(tensor: torch.Tensor, params: PackParams) -> tuple[bytes, dict]:
     return compress(raw, params.side_codec, codec_level(params.side_codec, params)), {"encoding": params.side_codec, "shuffle": shuffle}
 
 
+def fit_codebooks(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], params: PackParams) -> dict[str, Codebook]:
+    """ANS distributions: one per tensor group, or one per tensor."""
+    if params.coder not in ANS_CODERS:
+        return {}
+    if params.distribution == "group":
+        return {g: fit_codebook(np.concatenate(parts)) for g, parts in by_group.items()}
+    return {name: fit_codebook(qt.q.numpy()) for name, qt in qm.quantized.items()}
+
+
+def symbol_blob(name: str, qt: QuantTensor, params: PackParams, codebooks: dict[str, Codebook]) -> tuple[bytes, dict, int | None]:
+    """(blob, encoding fields, ANS payload bytes or None) of one integer tensor.
+
+    coder=best keeps the smallest of ANS and the general compressors in BEST_GENERAL: trained
+    embeddings can hold near-duplicate rows that an LZ coder exploits and an order-0 model cannot."""
+    symbols = qt.q.numpy()
+    general = BEST_GENERAL if params.coder == "best" else (() if params.coder == "ans" else (params.coder,))
+    options: list[tuple[bytes, dict]] = []
+    ans_bytes = None
+    if params.coder in ANS_CODERS:
+        book = qt.group if params.distribution == "group" else name
+        blob = encode(symbols, codebooks[book])
+        ans_bytes = len(blob)
+        options.append((blob, {"encoding": "ans", "shuffle": False, "codebook": book}))
+    for codec in general:
+        options.append((compress(symbols.tobytes(), codec, codec_level(codec, params)), {"encoding": codec, "shuffle": False}))
+    blob, enc = min(options, key=lambda option: len(option[0]))
+    return blob, enc, ans_bytes
+
+
 def pack_model(qm: QuantizedModel, params: PackParams, meta: dict | None = None) -> PackedModel:
     """Encode every tensor of `qm` into one artifact (bytes)."""
     by_group: dict[str, list[np.ndarray]] = {}
     for qt in qm.quantized.values():
         by_group.setdefault(qt.group, []).append(qt.q.numpy().ravel())
-    codebooks = {}
-    if params.coder == "ans":
-        if params.distribution == "group":
-            codebooks = {g: fit_codebook(np.concatenate(parts)) for g, parts in by_group.items()}
-        else:
-            codebooks = {name: fit_codebook(qt.q.numpy()) for name, qt in qm.quantized.items()}
+    codebooks = fit_codebooks(qm, by_group, params)
     entries: list[dict] = []
     blobs: list[bytes] = []
     packed: dict[str, int] = {}
+    used_books: set[str] = set()
+
+    def add(key: str, amount: int) -> None:
+        packed[key] = packed.get(key, 0) + amount
+
     for name in qm.dtypes:
         out_dtype = qm.dtypes[name] if qm.dtypes[name] in ("float16", "bfloat16", "float32") else "float32"
         if name in qm.quantized:
             qt = qm.quantized[name]
-            symbols = qt.q.numpy()
-            if params.coder == "ans":
-                book = qt.group if params.distribution == "group" else name
-                blob, enc = encode(symbols, codebooks[book]), {"encoding": "ans", "shuffle": False, "codebook": book}
-            else:
-                blob, enc = compress(symbols.tobytes(), params.coder, codec_level(params.coder, params)), {"encoding": params.coder, "shuffle": False}
-            entries.append({"name": name, "role": "q", "shape": list(symbols.shape), "dtype": "int8", "out_dtype": out_dtype, "bits": qt.bits, **enc})
+            blob, enc, ans_bytes = symbol_blob(name, qt, params, codebooks)
+            entries.append({"name": name, "role": "q", "shape": list(qt.q.shape), "dtype": "int8", "out_dtype": out_dtype, "bits": qt.bits, **enc})
             blobs.append(blob)
-            packed[qt.group] = packed.get(qt.group, 0) + len(blob)
+            add(qt.group, len(blob))
+            add(f"{qt.group}_enc_{enc['encoding']}", 1)
+            if ans_bytes is not None:
+                add(f"{qt.group}_ans", ans_bytes)
+            if "codebook" in enc:
+                used_books.add(enc["codebook"])
             scale_blob, scale_enc = side_blob(qt.scale.half(), params)
             entries.append({"name": name, "role": "scale", "shape": [int(qt.scale.numel())], "dtype": "float16", "out_dtype": out_dtype, **scale_enc})
             blobs.append(scale_blob)
-            packed_key = f"{qt.group}_scales"
-            packed[packed_key] = packed.get(packed_key, 0) + len(scale_blob)
+            add(f"{qt.group}_scales", len(scale_blob))
         else:
             tensor = qm.passthrough[name]
             blob, enc = side_blob(tensor, params)
             entries.append({"name": name, "role": "plain", "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype), "out_dtype": out_dtype, **enc})
             blobs.append(blob)
-            packed["passthrough"] = packed.get("passthrough", 0) + len(blob)
-    data = encode_artifact(qm.model_config, meta or {}, dict(qm.aliases), {k: v.to_json() for k, v in codebooks.items()}, entries, blobs)
-    if params.coder == "ans":
-        for book_name, book in codebooks.items():
-            group = book_name if params.distribution == "group" else qm.quantized[book_name].group
-            packed[f"{group}_codebook"] = packed.get(f"{group}_codebook", 0) + codebook_bytes(book.to_json())
+            add("passthrough", len(blob))
+    for book_name, book in codebooks.items():
+        group = book_name if params.distribution == "group" else qm.quantized[book_name].group
+        add(f"{group}_ans", codebook_bytes(book.to_json()))
+        if book_name in used_books:
+            add(f"{group}_codebook", codebook_bytes(book.to_json()))
+    stored_books = {k: v.to_json() for k, v in codebooks.items() if k in used_books}
+    data = encode_artifact(qm.model_config, meta or {}, dict(qm.aliases), stored_books, entries, blobs)
     groups = group_accounting(qm, by_group, packed, params.reference_brotli)
     return PackedModel(data, groups, sum(g["packed_bytes"] for g in groups.values()), sum(g["entropy_bytes"] for g in groups.values()))
 
@@ -137,6 +170,8 @@ def group_accounting(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], 
             "packed_bytes": coded,
             "codebook_bytes": packed.get(f"{group}_codebook", 0),
             "packed_to_entropy": coded / (entropy_bits / 8) if entropy_bits else None,
+            "ans_bytes": packed.get(f"{group}_ans"),
+            "encodings": {k.rsplit("_enc_", 1)[1]: v for k, v in packed.items() if k.startswith(f"{group}_enc_")},
             "scale_bytes": packed.get(f"{group}_scales", 0),
             "brotli11_bytes": len(compress(symbols.tobytes(), "brotli", REFERENCE_BROTLI_QUALITY)) if reference_brotli else None,
             "quant_error": errors.get(group, {}),
