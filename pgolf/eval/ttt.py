@@ -2,8 +2,9 @@
 
 Each document is cut into chunks of `chunk_tokens` targets (context: at most `window` tokens of
 the same document). Documents run side by side in lanes, taken in stream order as lanes free up.
-Every round first scores the next chunk of each lane with no gradient, records those scores in
-the `Ledger`, and only then lets the adapter train on the chunk. Lanes never share what they
+Every round first scores the next chunk of each lane and records those scores in the `Ledger`,
+and only then lets the adapter train on the chunk (the first training step reuses the scoring
+forward: same weights, same inputs, no update in between). Lanes never share what they
 learn (a LoRA and Adam state per lane); the `sgd` adapter changes every weight, so it runs one
 lane: each chunk is adapted on only after everything before it in the stream was scored.
 """
