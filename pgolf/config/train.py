@@ -71,7 +71,7 @@ class MuonParams(Section):
     lr: float = Field(0.04, ge=0.0, le=10.0, description="peak learning rate (official: 0.04)")
     momentum: float = Field(0.95, ge=0.0, lt=1.0, description="momentum after warm-up (official: 0.95; frontier: 0.97)")
     momentum_warmup_start: float = Field(0.85, ge=0.0, lt=1.0, description="momentum at step 0, linear to `momentum` (official: 0.85)")
-    momentum_warmup_steps: int = Field(500, ge=0, description="steps of momentum warm-up; 0 = none (official: 500)")
+    momentum_warmup_steps: int = Field(100, ge=0, description="steps of momentum warm-up; 0 = none (official: 500)")
     nesterov: bool = Field(True, description="Nesterov momentum (official: true)")
     ns_steps: int = Field(5, ge=1, le=20, description="Newton-Schulz iterations (official: 5)")
     ns_coefficients: list[list[float]] = Field(
@@ -107,7 +107,7 @@ class TrainParams(Section):
     model: ModelParams = Field(default_factory=ModelParams, description="architecture")
     optim: OptimParams = Field(default_factory=OptimParams, description="optimizers")
     seed: int = Field(1337, ge=0, description="seed of the initialization (data order is the fixed shard order)")
-    iterations: int = Field(600, ge=1, description="optimizer steps (official: 20000); the run stops at this or the wall-clock cap")
+    iterations: int = Field(300, ge=1, description="optimizer steps (official: 20000); the run stops at this or the wall-clock cap")
     max_wallclock_seconds: float = Field(0.0, ge=0.0, description="stop training after this many seconds, warmdown timed from the clock; 0 = no cap (official: 600)")
     lr_warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps (official: 0)")
     warmdown_fraction: float = Field(0.3, ge=0.0, le=1.0, description="last fraction of the run (steps or wall-clock) with a linear lr decay (official: 1200/20000)")
