@@ -1,7 +1,7 @@
 """Tokens/s of pgolf's training step against a minimal plain-PyTorch version of the same model and
 optimizer (written below), in the same process, alternating runs. Last line: the ratio pgolf/plain.
 
-    python bench/train_throughput.py [--rounds 5] [--steps 8] [--threads 0]
+    python bench/train_throughput.py [--rounds 5] [--steps 8] [--threads 1]
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared machine; 0 = torch default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

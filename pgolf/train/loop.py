@@ -210,9 +210,9 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 step_seconds = float(sum_over_ranks(torch.tensor([dt], dtype=torch.float64, device=info.device), info)[0]) / info.world_size
                 if agreed[1] > 0:
+                    kept = f"the last good checkpoint is kept in {self.resume_dir}" if self.resume_dir.exists() else "no checkpoint was saved"
                     raise TrainingDiverged(
-                        f"non-finite training loss at step {self.step + 1}; the last good checkpoint is kept in {self.resume_dir} "
-                        "(lower the learning rates or set train.resume: false to start over)"
+                        f"non-finite training loss at step {self.step + 1}; {kept} (lower the learning rates, or set train.resume: false)"
                     )
                 self.step += 1
                 self.tokens_seen += p.batch_tokens
