@@ -47,6 +47,8 @@ def test_train_stage_writes_checkpoint_metrics_and_curves(shards, tmp_path):
     assert result.val_loss < np.log(VOCAB) - 1.0  # learned the Markov structure well below uniform
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
     assert (tmp_path / "live" / "plots" / "metrics" / "val" / "loss.tsv").is_file()
+    assert (tmp_path / "live" / "plots" / "metrics" / "lr" / "matrix.tsv").is_file()
+    assert (tmp_path / "live" / "plots" / "metrics" / "tokens_per_second.tsv").is_file()
     meta = read_meta(tmp_path / "out" / "checkpoint")
     assert meta.step == 30 and meta.model_config["vocab_size"] == VOCAB
     model = load_model(tmp_path / "out" / "checkpoint")

@@ -223,7 +223,8 @@ class Trainer:
                 tokens_per_second = session_tokens / max(session_seconds, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
-                self.curves.log(self.step, {"train/loss": loss_value, "lr_scale": lr, "tokens_per_second": tokens_per_second})
+                lrs = {f"lr/{g['group_name']}": g["lr"] for opt in self.optimizers for g in opt.param_groups}
+                self.curves.log(self.step, {"train/loss": loss_value, **lrs, "tokens_per_second": tokens_per_second})
                 if self.step % p.log_every == 0 or self.step == 1:
                     log.info(f"step: {self.step} train_loss: {loss_value:.4f} lr_scale: {lr:.4f} tokens_per_second: {tokens_per_second:.0f}")
                 if p.val_every and self.step % p.val_every == 0 and self.step < p.iterations:
