@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -88,14 +89,17 @@ def test_train_sigint_saves_and_resume_matches_an_uninterrupted_run(shards, tmp_
     logger.setLevel(logging.INFO)
     try:
         with pytest.raises(KeyboardInterrupt):
-            train(params, shards, tmp_path / "resumed", CPU)
+            train(params, shards, tmp_path / "resumed", CPU, tmp_path / "live")
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
     saved = [d for d in Path(params.resume_dir).iterdir()]
     assert len(saved) == 1 and read_meta(saved[0]).step == 6  # the step after the signal finishes first
     assert not (tmp_path / "resumed").exists()
-    resumed = train(params, shards, tmp_path / "resumed", CPU)
+    shutil.rmtree(tmp_path / "live")  # as DVC deletes the plots before rerunning a stage
+    resumed = train(params, shards, tmp_path / "resumed", CPU, tmp_path / "live")
+    steps_logged = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().split()[2::2]
+    assert steps_logged == [str(i) for i in range(1, 13)]
     assert resumed.resumed_from_step == 6 and resumed.steps == 12
     assert resumed.val_loss == pytest.approx(straight.val_loss, abs=1e-6)
     ws, wr = weights(tmp_path / "straight"), weights(tmp_path / "resumed")

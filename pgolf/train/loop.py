@@ -4,7 +4,8 @@ validate, checkpoint, and save the final model.
 Resuming: every `checkpoint_every` steps, and on SIGINT/SIGTERM, rank 0 writes a resumable
 checkpoint to `<resume_dir>/<fingerprint>/` (outside the DVC outs, which DVC deletes before a run).
 With `train.resume` on, a later run with the same numerics-relevant params and the same shards
-continues from it; a finished run deletes it.
+continues from it (the DVCLive curves up to that step are kept in it too and put back, since DVC
+deletes the plots before a run); a finished run deletes it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # Keys that do not change the numbers a run produces: they stay out of the resume fingerprint.
 OPERATIONAL_KEYS = ("resume", "resume_dir", "checkpoint_every", "log_every", "val_every", "nproc", "compile", "threads")
 CHECKPOINT_SUBDIR = "checkpoint"
+LIVE_SUBDIR = "dvclive"  # inside a resume checkpoint: the curves up to its step
 
 
 class TrainingDiverged(PgolfError):
@@ -112,7 +114,12 @@ class Trainer:
         self.forward: Callable[[Tensor], Tensor] = torch.compile(self.model) if use_compile else self.model
         self.autocast = autocast_for(info.device)
         self.accum = params.grad_accum_steps // info.world_size
-        self.curves = Curves(live_dir if info.is_main else None, resume=self.start_step > 0)
+        self.live_dir = live_dir if info.is_main else None
+        if self.live_dir is not None and self.start_step > 0 and (self.resume_dir / LIVE_SUBDIR).is_dir():
+            # DVC deleted the plots before this run: restore the curves up to the resume step.
+            shutil.rmtree(self.live_dir, ignore_errors=True)
+            shutil.copytree(self.resume_dir / LIVE_SUBDIR, self.live_dir)
+        self.curves = Curves(self.live_dir, resume=self.start_step > 0)
 
     def _maybe_resume(self) -> StreamPosition:
         if not (self.resume_dir / ckpt.META_FILE).is_file():
@@ -178,6 +185,12 @@ class Trainer:
             ckpt.save_checkpoint(directory, meta, weights, state)
         barrier(self.info)
 
+    def _save_resumable(self) -> None:
+        """A resume checkpoint plus a copy of the curves so far (rank 0 writes)."""
+        self._save(self.resume_dir)
+        if self.live_dir is not None and self.live_dir.is_dir():
+            shutil.copytree(self.live_dir, self.resume_dir / LIVE_SUBDIR, dirs_exist_ok=True)
+
     def validate(self) -> float:
         self.model.eval()
         value = validation_loss(self.forward, self.val_tokens, self.params.seq_len, self.params.val_batch_tokens, self.info, self.autocast)
@@ -232,9 +245,9 @@ class Trainer:
                     self.curves.log(self.step, {"val/loss": val})
                     log.info(f"step: {self.step} val_loss: {val:.4f}")
                 if p.checkpoint_every and self.step % p.checkpoint_every == 0:
-                    self._save(self.resume_dir)
+                    self._save_resumable()
                 if agreed[2] > 0:
-                    self._save(self.resume_dir)
+                    self._save_resumable()
                     bar.close()
                     log.info(f"interrupted: step {self.step}; resumable checkpoint in {self.resume_dir}")
                     raise KeyboardInterrupt
