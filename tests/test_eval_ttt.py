@@ -171,6 +171,7 @@ def test_perturbation_changes_every_non_bos_token_from_the_cut() -> None:
         ({"reset": "never"}, "reset"),
         ({"adapter": "full"}, "adapter"),
         ({"chunk": 4}, "unknown key"),
+        ({"lora_targets": "(c_q"}, "lora_targets: not a valid regular expression"),
     ],
 )
 def test_bad_ttt_params_are_refused(data: dict, message: str) -> None:

@@ -6,9 +6,10 @@ the public records are given in descriptions as "records: ...".
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pgolf.config.base import Section
 
@@ -42,11 +43,11 @@ class EvalTTTParams(Section):
     chunk_tokens: int = Field(128, ge=1, le=65536, description="targets per chunk: a chunk is scored, then trained on (records: 48)")
     window: int = Field(256, ge=2, le=65536, description="most tokens of context when scoring or training a chunk; must be >= chunk_tokens")
     batch_docs: int = Field(32, ge=1, le=4096, description="documents adapted side by side (lora only; lanes are independent); sgd needs 1")
-    lr: float = Field(0.003, ge=0.0, le=10.0, description="learning rate (Adam for lora, SGD for sgd); 0 reproduces val_bpb_no_ttt exactly")
+    lr: float = Field(0.01, ge=0.0, le=10.0, description="learning rate (Adam for lora, SGD for sgd); 0 reproduces val_bpb_no_ttt exactly")
     steps: int = Field(1, ge=1, le=1000, description="optimizer steps on each chunk after it is scored")
     lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank (records: ~80 on a 512-wide model)")
     lora_alpha: float = Field(16.0, gt=0.0, le=1.0e4, description="LoRA scale = lora_alpha / lora_rank")
-    lora_targets: str = Field(r"(c_q|c_v|lm_head)$", min_length=1, description="regex (re.search) on module names: matching nn.Linear layers get a LoRA")
+    lora_targets: str = Field(r"(proj|fc)$", min_length=1, description="regex (re.search) on module names: matching nn.Linear layers get a LoRA")
     reset: Literal["document", "keep"] = Field("document", description="document: each document starts from fresh LoRA and optimizer state; keep: a lane carries them to its next document")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="sgd: momentum")
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="lora: Adam beta1")
@@ -54,6 +55,15 @@ class EvalTTTParams(Section):
     seed: int = Field(0, ge=0, description="seed of the LoRA A matrices and of the legality check's perturbations")
     legality_tokens: int = Field(1024, ge=16, le=1_000_000, description="the legality check reruns TTT on the first N validation tokens")
     legality_cuts: int = Field(2, ge=1, le=64, description="positions t at which tokens >= t are perturbed for check C1")
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalTTTParams:
