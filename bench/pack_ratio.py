@@ -26,7 +26,7 @@ from pgolf.pack.entropy import encode, fit_codebook, order0_entropy_bits
 from pgolf.pack.pack import codebook_bytes, pack_model
 from pgolf.quant.apply import QuantizedModel, quantize_state
 
-BASELINE = {"vocab_size": 1024, "num_layers": 9, "model_dim": 512, "num_heads": 8, "num_kv_heads": 4, "mlp_mult": 2.0}
+BASELINE = {"vocab_size": 1024, "layers": 9, "width": 512, "heads": 8, "kv_heads": 4, "mlp_mult": 2.0}
 INIT_NOISE_STD = 0.02
 COMPRESSORS = (("zstd-22", "zstd", 22), ("brotli-11", "brotli", 11), ("lzma-9e", "lzma", 9))
 

@@ -125,7 +125,7 @@ class PlainRun:
     def __init__(self, params: TrainParams, tokens: np.ndarray) -> None:
         m = params.model
         torch.manual_seed(0)
-        self.model = PlainGPT(m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads, m.mlp_mult)
+        self.model = PlainGPT(m.layers, m.width, m.heads, m.kv_heads, m.mlp_mult)
         named = list(self.model.named_parameters())
         matrices = [p for n, p in named if n.startswith("blocks.") and p.ndim == 2 and not n.endswith("mix")]
         others = [p for n, p in named if not (n.startswith("blocks.") and p.ndim == 2 and not n.endswith("mix"))]

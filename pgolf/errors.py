@@ -24,6 +24,3 @@ class AuditError(DataError):
 class ArtifactError(PgolfError):
     """A packed artifact is malformed, corrupt or over its byte limit."""
 
-
-class StageNotImplementedError(PgolfError):
-    """A pipeline stage whose implementation has not landed yet: it refuses to write anything."""

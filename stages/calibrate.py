@@ -14,6 +14,7 @@ parser.add_argument("--checkpoint", default="data/train/checkpoint", help="train
 parser.add_argument("--shards", nargs="+", default=["data/shards/fineweb_train_000000.bin"], help="training shard files")
 parser.add_argument("--out", default="data/calibrate", help="output directory (hessians.safetensors, hessians.json)")
 parser.add_argument("--metrics", default="metrics/calibrate.json", help="metrics JSON")
+parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
 args = parser.parse_args()
 
-run_stage("calibrate", lambda p: calibrate_stage(p, args.checkpoint, args.shards, args.out, args.metrics))
+run_stage("calibrate", lambda p: calibrate_stage(p, args.checkpoint, args.shards, args.out, args.metrics), params_path=args.params)

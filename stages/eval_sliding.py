@@ -16,6 +16,7 @@ parser.add_argument("--shards", type=Path, default=Path("data/shards"))
 parser.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer/tokenizer.model"))
 parser.add_argument("--checkpoint", type=Path, default=Path("data/train/checkpoint"))
 parser.add_argument("--metrics", type=Path, default=Path("metrics/eval_sliding.json"))
+parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
 args = parser.parse_args()
 
-run_stage("eval_sliding", lambda p: eval_sliding_stage(p, args.artifact, args.shards, args.tokenizer, args.checkpoint, args.metrics))
+run_stage("eval_sliding", lambda p: eval_sliding_stage(p, args.artifact, args.shards, args.tokenizer, args.checkpoint, args.metrics), params_path=args.params)

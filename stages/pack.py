@@ -13,6 +13,7 @@ parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--quantized", default="data/quantize", help="output of the quantize stage")
 parser.add_argument("--out", default="data/pack", help="artifact directory")
 parser.add_argument("--metrics", default="metrics/pack.json", help="metrics JSON")
+parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
 args = parser.parse_args()
 
-run_stage("pack", lambda p: pack_stage(p, args.quantized, args.out, args.metrics))
+run_stage("pack", lambda p: pack_stage(p, args.quantized, args.out, args.metrics), params_path=args.params)

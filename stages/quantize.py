@@ -10,6 +10,7 @@ parser.add_argument("--checkpoint", default="data/train/checkpoint", help="train
 parser.add_argument("--calibrate", default="data/calibrate", help="Hessians from the calibrate stage")
 parser.add_argument("--out", default="data/quantize", help="output directory (quantized.safetensors, quantized.json)")
 parser.add_argument("--metrics", default="metrics/quantize.json", help="metrics JSON")
+parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
 args = parser.parse_args()
 
-run_stage("quantize", lambda p: quantize_stage(p, args.checkpoint, args.calibrate, args.out, args.metrics))
+run_stage("quantize", lambda p: quantize_stage(p, args.checkpoint, args.calibrate, args.out, args.metrics), params_path=args.params)

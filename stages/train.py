@@ -17,6 +17,7 @@ parser.add_argument("--shards", type=Path, default=Path("data/shards"))
 parser.add_argument("--out", type=Path, default=Path("data/train"))
 parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
 parser.add_argument("--live", type=Path, default=Path("dvclive/train"))
+parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
 args = parser.parse_args()
 
-run_stage("train", lambda p: run_train_stage(p, args.shards, args.out, args.metrics, args.live, argv=sys.argv))
+run_stage("train", lambda p: run_train_stage(p, args.shards, args.out, args.metrics, args.live, argv=sys.argv), params_path=args.params)

@@ -24,7 +24,7 @@ from pgolf.train.data import StreamPosition
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"vocab_size": 64, "num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1}
+TINY = {"vocab_size": 64, "layers": 2, "width": 32, "heads": 2, "kv_heads": 1}
 PARAMS = CalibrateParams(batches=3, batch_seqs=2, seq_len=16, seed=1)
 
 

@@ -45,7 +45,7 @@ def workspace(tmp_path_factory) -> dict:
     write_shard(shards / "fineweb_val_000000.bin", tokens)
     (shards / SHARDS_MANIFEST).write_text(json.dumps({"vocab_size": sp.vocab_size(), "bos_id": sp.bos_id()}))
     torch.manual_seed(0)
-    model = GPT(ModelParams(vocab_size=sp.vocab_size(), num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
+    model = GPT(ModelParams(vocab_size=sp.vocab_size(), layers=2, width=32, heads=2, kv_heads=1))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)

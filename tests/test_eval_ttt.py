@@ -189,7 +189,7 @@ def test_zero_lr_is_exact_on_the_real_gpt() -> None:
     from pgolf.model import GPT
 
     torch.manual_seed(0)
-    model = GPT(ModelParams(vocab_size=VOCAB, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2)).eval()
+    model = GPT(ModelParams(vocab_size=VOCAB, layers=2, width=32, heads=4, kv_heads=2)).eval()
     with torch.no_grad():
         for p_ in model.parameters():
             p_.add_(torch.randn_like(p_) * 0.1)

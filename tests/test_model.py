@@ -15,7 +15,7 @@ from pgolf.model import GPT, build_model, count_params, model_config_dict
 from pgolf.model.layers import apply_rope, rope_frequencies, rope_tables
 
 torch.set_num_threads(1)
-TINY = dict(vocab_size=50, num_layers=3, model_dim=32, num_heads=4, num_kv_heads=2)
+TINY = dict(vocab_size=50, layers=3, width=32, heads=4, kv_heads=2)
 
 
 def tiny(**overrides) -> GPT:
@@ -77,8 +77,8 @@ def test_model_gqa_shapes():
         {"tied_embeddings": False},
         {"skips": False},
         {"resid_mix": False},
-        {"num_layers": 1},
-        {"num_kv_heads": 4},
+        {"layers": 1},
+        {"kv_heads": 4},
         {"mlp_mult": 3.0},
     ],
 )
@@ -107,8 +107,8 @@ def test_model_needs_resolved_vocab():
 @pytest.mark.parametrize(
     "bad, key",
     [
-        ({"model_dim": 30, "num_heads": 4}, "divisible"),
-        ({"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads"),
+        ({"width": 30, "heads": 4}, "divisible"),
+        ({"heads": 4, "kv_heads": 3}, "kv_heads"),
         ({"rope_dims": 3}, "rope_dims"),
         ({"rope_dims": 64}, "rope_dims"),
         ({"activation": "gelu"}, "activation"),

@@ -95,7 +95,7 @@ def test_muon_rejects_vectors():
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_muon_each_parameter_in_exactly_one_group(tied):
-    model = build_model(dict(vocab_size=40, num_layers=3, model_dim=16, num_heads=2, num_kv_heads=1, tied_embeddings=tied))
+    model = build_model(dict(vocab_size=40, layers=3, width=16, heads=2, kv_heads=1, tied_embeddings=tied))
     groups = assign_groups(model)
     names = [n for members in groups.values() for n, _ in members]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
@@ -110,7 +110,7 @@ def test_muon_each_parameter_in_exactly_one_group(tied):
 
 def test_muon_a_few_steps_lower_the_loss_of_a_tiny_model():
     torch.manual_seed(0)
-    model = build_model(dict(vocab_size=32, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
+    model = build_model(dict(vocab_size=32, layers=2, width=32, heads=2, kv_heads=1))
     idx = torch.randint(0, 32, (4, 16))
     targets = (idx * 7 + 3) % 32  # a learnable map
     optimizers = build_optimizers(model, OptimParams())
@@ -126,7 +126,7 @@ def test_muon_a_few_steps_lower_the_loss_of_a_tiny_model():
 
 
 def test_muon_schedule_sets_lr_and_momentum():
-    model = build_model(dict(vocab_size=40, num_layers=2, model_dim=16, num_heads=2, num_kv_heads=1))
+    model = build_model(dict(vocab_size=40, layers=2, width=16, heads=2, kv_heads=1))
     optimizers = build_optimizers(model, OptimParams())
     set_schedule(optimizers, 0.5, 0.9)
     for opt in optimizers:

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load(data: bytes):
     return artifact_from_parsed(parse_artifact(data))
-TINY = {"vocab_size": 64, "num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1}
+TINY = {"vocab_size": 64, "layers": 2, "width": 32, "heads": 2, "kv_heads": 1}
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -186,7 +186,7 @@ def test_over_the_limit_fails_naming_the_overage_and_leaves_nothing(quantized, t
 
 def test_wrong_model_config_is_an_artifact_error(quantized, tmp_path):
     _, qm, _ = quantized
-    bad = type(qm)({**qm.model_config, "model_dim": 64}, qm.quantized, qm.passthrough, qm.dtypes, qm.aliases, [])
+    bad = type(qm)({**qm.model_config, "width": 64}, qm.quantized, qm.passthrough, qm.dtypes, qm.aliases, [])
     path = tmp_path / "bad.pgolf"
     path.write_bytes(pack_model(bad, PackParams()).data)
     with pytest.raises(ArtifactError, match="do not fit the model"):

@@ -138,7 +138,7 @@ def test_train_wallclock_cap_stops_early(shards, tmp_path):
 
 def test_train_vocab_must_match_manifest(shards, tmp_path):
     with pytest.raises(ParamsError, match="train.model.vocab_size"):
-        train(tiny_params(tmp_path, model=dict(vocab_size=99, num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1)), shards, tmp_path / "v", CPU)
+        train(tiny_params(tmp_path, model=dict(vocab_size=99, layers=1, width=32, heads=2, kv_heads=1)), shards, tmp_path / "v", CPU)
 
 
 def test_train_missing_shards_is_a_data_error(tmp_path):

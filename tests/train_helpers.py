@@ -35,7 +35,7 @@ def make_shards(directory: Path, train_shards: int = 2, train_tokens: int = 6000
 
 def tiny_params(tmp: Path, **overrides: Any) -> TrainParams:
     base: dict[str, Any] = dict(
-        model=dict(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1),
+        model=dict(layers=2, width=32, heads=2, kv_heads=1),
         iterations=12,
         batch_tokens=512,
         seq_len=32,

@@ -56,7 +56,6 @@ class PackParams(Section):
     limit_bytes: int = Field(16_000_000, ge=1, description="challenge cap on bytes_model + bytes_code (decimal bytes)")
     code_files: list[str] = Field(
         [
-            "pgolf/model.py",
             "pgolf/model/*.py",
             "pgolf/pack/artifact.py",
             "pgolf/pack/codecs.py",

@@ -20,11 +20,11 @@ class ModelParams(Section):
     """`train.model`: every architectural choice of the GPT (official baseline shape in descriptions)."""
 
     vocab_size: int | None = Field(None, ge=2, le=65536, description="vocabulary size; null = take it from the shards' manifest.json")
-    num_layers: int = Field(4, ge=1, le=64, description="transformer blocks (official: 9)")
-    model_dim: int = Field(128, ge=8, le=8192, description="residual stream width (official: 512)")
-    num_heads: int = Field(4, ge=1, le=128, description="query heads (official: 8)")
-    num_kv_heads: int = Field(2, ge=1, le=128, description="key/value heads, GQA; must divide num_heads (official: 4)")
-    mlp_mult: float = Field(2.0, gt=0, le=16, description="MLP hidden width = mlp_mult * model_dim (official: 2)")
+    layers: int = Field(4, ge=1, le=64, description="transformer blocks (official: 9)")
+    width: int = Field(128, ge=8, le=8192, description="residual stream width (official: 512)")
+    heads: int = Field(4, ge=1, le=128, description="query heads (official: 8)")
+    kv_heads: int = Field(2, ge=1, le=128, description="key/value heads, GQA; must divide heads (official: 4)")
+    mlp_mult: float = Field(2.0, gt=0, le=16, description="MLP hidden width = mlp_mult * width (official: 2)")
     activation: Literal["relu2", "leaky_relu2"] = Field("relu2", description="MLP activation: relu(x)^2, or leaky_relu(x, slope)^2 (frontier)")
     leaky_slope: float = Field(0.5, ge=0.0, le=1.0, description="negative slope of leaky_relu2 (frontier: 0.5)")
     rope_base: float = Field(10000.0, gt=1.0, description="RoPE frequency base (official: 10000)")
@@ -39,20 +39,20 @@ class ModelParams(Section):
 
     @model_validator(mode="after")
     def _shape(self) -> ModelParams:
-        if self.model_dim % self.num_heads:
-            raise ValueError(f"model_dim ({self.model_dim}) must be divisible by num_heads ({self.num_heads})")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
-        head_dim = self.model_dim // self.num_heads
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
+        head_dim = self.width // self.heads
         if head_dim % 2:
-            raise ValueError(f"head dim model_dim/num_heads = {head_dim} must be even for RoPE")
+            raise ValueError(f"head dim width/heads = {head_dim} must be even for RoPE")
         if self.rope_dims is not None and (self.rope_dims % 2 or self.rope_dims > head_dim):
             raise ValueError(f"rope_dims ({self.rope_dims}) must be even and <= the head dim ({head_dim})")
         return self
 
     @property
     def head_dim(self) -> int:
-        return self.model_dim // self.num_heads
+        return self.width // self.heads
 
 
 class AdamGroupParams(Section):

@@ -13,23 +13,23 @@ from pgolf.model.layers import CastedLinear, Rotary, rms_norm
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelParams) -> None:
         super().__init__()
-        dim, head_dim = config.model_dim, config.head_dim
-        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, head_dim
+        dim, head_dim = config.width, config.head_dim
+        self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, head_dim
         self.eps = config.norm_eps
-        self.c_q = CastedLinear(dim, config.num_heads * head_dim)
-        self.c_k = CastedLinear(dim, config.num_kv_heads * head_dim)
-        self.c_v = CastedLinear(dim, config.num_kv_heads * head_dim)
-        self.proj = CastedLinear(config.num_heads * head_dim, dim, zero_init=True)
-        self.q_gain = nn.Parameter(torch.full((config.num_heads,), config.qk_gain_init, dtype=torch.float32))
+        self.c_q = CastedLinear(dim, config.heads * head_dim)
+        self.c_k = CastedLinear(dim, config.kv_heads * head_dim)
+        self.c_v = CastedLinear(dim, config.kv_heads * head_dim)
+        self.proj = CastedLinear(config.heads * head_dim, dim, zero_init=True)
+        self.q_gain = nn.Parameter(torch.full((config.heads,), config.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(config.rope_dims or head_dim, config.rope_base)
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
-        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
-        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
+        q = self.c_q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
+        k = self.c_k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
+        v = self.c_v(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
         q, k = self.rotary(rms_norm(q, self.eps)), self.rotary(rms_norm(k, self.eps))
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
-        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # [B, T, H*Dh]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
+        y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)  # [B, T, H*Dh]
         return self.proj(y)

@@ -15,7 +15,7 @@ from pgolf.model.mlp import MLP
 class Block(nn.Module):
     def __init__(self, config: ModelParams) -> None:
         super().__init__()
-        dim = config.model_dim
+        dim = config.width
         self.attn_norm = RMSNorm(config.norm_eps)
         self.mlp_norm = RMSNorm(config.norm_eps)
         self.attn = CausalSelfAttention(config)

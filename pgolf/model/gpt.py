@@ -25,14 +25,14 @@ class GPT(nn.Module):
         if config.vocab_size is None:
             raise ParamsError("train.model.vocab_size: must be resolved (from the shards' manifest) before building the model")
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.model_dim)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
-        self.num_encoder = config.num_layers // 2
-        self.num_decoder = config.num_layers - self.num_encoder
+        self.tok_emb = nn.Embedding(config.vocab_size, config.width)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.num_encoder = config.layers // 2
+        self.num_decoder = config.layers - self.num_encoder
         num_skips = min(self.num_encoder, self.num_decoder) if config.skips else 0
-        self.skip_weights = nn.Parameter(torch.ones(num_skips, config.model_dim)) if num_skips else None
+        self.skip_weights = nn.Parameter(torch.ones(num_skips, config.width)) if num_skips else None
         self.final_norm = RMSNorm(config.norm_eps)
-        self.lm_head = None if config.tied_embeddings else CastedLinear(config.model_dim, config.vocab_size, zero_init=True)
+        self.lm_head = None if config.tied_embeddings else CastedLinear(config.width, config.vocab_size, zero_init=True)
         if config.tied_embeddings:
             nn.init.normal_(self.tok_emb.weight, mean=0.0, std=config.tied_embed_init_std)
 

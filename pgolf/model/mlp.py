@@ -31,15 +31,15 @@ def activation_fn(config: ModelParams) -> Callable[[Tensor], Tensor]:
 
 
 def mlp_hidden(config: ModelParams) -> int:
-    return int(round(config.mlp_mult * config.model_dim))
+    return int(round(config.mlp_mult * config.width))
 
 
 class MLP(nn.Module):
     def __init__(self, config: ModelParams) -> None:
         super().__init__()
         hidden = mlp_hidden(config)
-        self.fc = CastedLinear(config.model_dim, hidden)
-        self.proj = CastedLinear(hidden, config.model_dim, zero_init=True)
+        self.fc = CastedLinear(config.width, hidden)
+        self.proj = CastedLinear(hidden, config.width, zero_init=True)
         self.act = activation_fn(config)
 
     def forward(self, x: Tensor) -> Tensor:
