@@ -41,7 +41,7 @@ def tiny_quantized(seed: int = 0) -> QuantizedModel:
 
 QM = tiny_quantized()
 VARIANTS = {
-    (coder, side): pack_model(QM, PackParams(coder=coder, side_codec=side, distribution=dist), {"note": "test"}).data
+    (coder, side): pack_model(QM, PackParams(compressor=coder, side_codec=side, distribution=dist), {"note": "test"}).data
     for coder, side, dist in [("ans", "brotli", "group"), ("best", "lzma", "group"), ("ans", "raw", "tensor"), ("zstd", "lzma", "group"), ("lzma", "zstd", "group"), ("raw", "raw", "group"), ("brotli", "brotli", "group")]
 }
 GOOD = VARIANTS[("ans", "brotli")]
@@ -81,7 +81,7 @@ def test_round_trip_bit_for_bit(variant):
 
 
 def test_writing_is_deterministic():
-    assert pack_model(tiny_quantized(), PackParams(coder="ans"), {"note": "test"}).data == GOOD
+    assert pack_model(tiny_quantized(), PackParams(compressor="ans"), {"note": "test"}).data == GOOD
 
 
 def test_load_from_file_and_missing_file(tmp_path):

@@ -102,8 +102,8 @@ def test_best_coder_takes_the_smaller_of_ans_and_lz_per_tensor():
     scale = torch.full((256,), 0.01).half()
     q = {"emb.weight": QuantTensor("emb.weight", "embedding", 6, dup, scale, "float32"), "mlp.weight": QuantTensor("mlp.weight", "mlp", 6, iid, scale, "float32")}
     qm = QuantizedModel({}, q, {}, {"emb.weight": "float32", "mlp.weight": "float32"})
-    best = pack_model(qm, PackParams(coder="best", reference_brotli=True))
-    ans = pack_model(qm, PackParams(coder="ans", reference_brotli=False))
+    best = pack_model(qm, PackParams(compressor="best", reference_brotli=True))
+    ans = pack_model(qm, PackParams(compressor="ans", reference_brotli=False))
     assert best.groups["embedding"]["encodings"] != {"ans": 1} and best.groups["mlp"]["encodings"] == {"ans": 1}
     assert best.groups["embedding"]["packed_bytes"] < 0.5 * ans.groups["embedding"]["packed_bytes"]
     assert best.groups["embedding"]["codebook_bytes"] == 0  # unused codebooks are not stored

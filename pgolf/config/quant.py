@@ -45,7 +45,7 @@ class QuantizeParams(Section):
 class PackParams(Section):
     """`pack`: the artifact container, its coders, and the 16,000,000-byte gate."""
 
-    coder: Literal["best", "ans", "zstd", "brotli", "lzma", "raw"] = Field("best", description="coder of the integer symbols; ans: entropy coder fitted to the symbol counts; best: per tensor the smallest of ans, brotli, lzma")
+    compressor: Literal["best", "ans", "zstd", "brotli", "lzma", "raw"] = Field("best", description="coder of the integer symbols; ans: entropy coder fitted to the symbol counts; best: per tensor the smallest of ans, brotli, lzma")
     distribution: Literal["group", "tensor"] = Field("group", description="ans: one symbol distribution per tensor group or per tensor (stored in the artifact)")
     side_codec: Literal["zstd", "brotli", "lzma", "raw"] = Field("brotli", description="codec of the scales and passthrough tensors")
     shuffle: bool = Field(True, description="byte-shuffle multi-byte tensors (scales, passthrough) before a general compressor")

@@ -1,6 +1,6 @@
 """pack: a QuantizedModel -> artifact bytes, byte accounting, and the 16,000,000-byte gate.
 
-Integer symbols are coded by `pack.coder`: `ans` fits one distribution per tensor group (or per
+Integer symbols are coded by `pack.compressor`: `ans` fits one distribution per tensor group (or per
 tensor) to the symbols and entropy-codes them; zstd/brotli/lzma/raw code the int8 bytes; `best`
 keeps, per tensor, the smallest of ANS, brotli and lzma.
 Scales and passthrough tensors go through `pack.side_codec`, byte-shuffled if `pack.shuffle`.
@@ -74,7 +74,7 @@ def side_blob(tensor: torch.Tensor, params: PackParams) -> tuple[bytes, dict]:
 
 def fit_codebooks(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], params: PackParams) -> dict[str, Codebook]:
     """ANS distributions: one per tensor group, or one per tensor."""
-    if params.coder not in ANS_CODERS:
+    if params.compressor not in ANS_CODERS:
         return {}
     if params.distribution == "group":
         return {g: fit_codebook(np.concatenate(parts)) for g, parts in by_group.items()}
@@ -84,13 +84,13 @@ def fit_codebooks(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], par
 def symbol_blob(name: str, qt: QuantTensor, params: PackParams, codebooks: dict[str, Codebook]) -> tuple[bytes, dict, int | None]:
     """(blob, encoding fields, ANS payload bytes or None) of one integer tensor.
 
-    coder=best keeps the smallest of ANS and the general compressors in BEST_GENERAL: trained
+    compressor=best keeps the smallest of ANS and the general compressors in BEST_GENERAL: trained
     embeddings can hold near-duplicate rows that an LZ coder exploits and an order-0 model cannot."""
     symbols = qt.q.numpy()
-    general = BEST_GENERAL if params.coder == "best" else (() if params.coder == "ans" else (params.coder,))
+    general = BEST_GENERAL if params.compressor == "best" else (() if params.compressor == "ans" else (params.compressor,))
     options: list[tuple[bytes, dict]] = []
     ans_bytes = None
-    if params.coder in ANS_CODERS:
+    if params.compressor in ANS_CODERS:
         book = qt.group if params.distribution == "group" else name
         blob = encode(symbols, codebooks[book])
         ans_bytes = len(blob)
@@ -191,7 +191,7 @@ class PackReport:
 def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, repo_root: str | Path = ".") -> PackReport:
     """The `pack` stage: artifact into `out_dir`, metrics JSON; fails over the byte limit."""
     qm = load_quantized(quantized_dir)
-    meta = {"pack": {"coder": params.coder, "distribution": params.distribution, "side_codec": params.side_codec}}
+    meta = {"pack": {"compressor": params.compressor, "distribution": params.distribution, "side_codec": params.side_codec}}
     packed = pack_model(qm, params, meta)
     code = measure_code_bytes(params.code_files, repo_root)
     total = packed.bytes_model + code.bytes_code
@@ -211,7 +211,7 @@ def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Pat
         "entropy_bytes": packed.entropy_bytes,
         "symbols_to_entropy": packed.bytes_symbols / packed.entropy_bytes if packed.entropy_bytes else None,
         "brotli11_symbol_bytes": sum(g["brotli11_bytes"] for g in packed.groups.values()) if params.reference_brotli else None,
-        "coder": params.coder,
+        "compressor": params.compressor,
         "groups": packed.groups,
         "code": {"files": list(code.files), "missing_patterns": list(code.missing_patterns), "bytes_raw": code.bytes_raw, "codec": "lzma-9e"},
     }
