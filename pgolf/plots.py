@@ -66,14 +66,18 @@ def read_curve(tsv_path: str | Path) -> tuple[list[float], list[float], str]:
     return [float(r["step"]) for r in rows], [float(r[name]) for r in rows], name
 
 
-def write_curves_png(tsv_paths: Iterable[str | Path], out_png: str | Path, title: str = "training") -> Path:
+def write_curves_png(
+    tsv_paths: Iterable[str | Path], out_png: str | Path, title: str = "training", labels: Iterable[str] | None = None
+) -> Path:
     """One panel per curve, against step, as a PNG (matplotlib's Agg backend: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [read_curve(p) for p in tsv_paths]
+    tsv_paths = list(tsv_paths)
+    names = list(labels) if labels is not None else [None] * len(tsv_paths)
+    curves = [(s, v, label or name) for p, label in zip(tsv_paths, names) for s, v, name in [read_curve(p)]]
     curves = [c for c in curves if c[0]]
     if not curves:
         raise DataError("no curve has any point to draw")
@@ -120,10 +124,13 @@ def load_metric(path: str | Path, key: str) -> float:
 def write_report(live_dir: str | Path, metrics_dir: str | Path, out_dir: str | Path) -> dict:
     """The training-curve PNG and the bpb-per-method table from a finished pipeline's outputs."""
     live_dir, metrics_dir, out_dir = Path(live_dir), Path(metrics_dir), Path(out_dir)
-    curves = sorted((live_dir / "plots" / "metrics").rglob("*.tsv"))
+    root = live_dir / "plots" / "metrics"
+    # Losses first, then the rest; each panel is labelled by its DVCLive name (e.g. "val/loss").
+    curves = sorted(root.rglob("*.tsv"), key=lambda p: ("loss" not in p.stem, str(p)))
     if not curves:
         raise DataError(f"{live_dir}: no DVCLive curves under plots/metrics (did the train stage run?)")
-    png = write_curves_png(curves, out_dir / "train_curve.png", title="training curves")
+    labels = [p.relative_to(root).with_suffix("").as_posix() for p in curves]
+    png = write_curves_png(curves, out_dir / "train_curve.png", title="training curves", labels=labels)
     sliding = load_metric(metrics_dir / "eval_sliding.json", "val_bpb")
     gap = load_metric(metrics_dir / "eval_sliding.json", "quantization_gap")
     rows = [
