@@ -1,6 +1,6 @@
 """Seeds: rerun the model half of the pipeline for extra training seeds, then summarize and test.
 
-The main pipeline is one seed (`train.seed`). For each seed in `aggregate.extra_seeds`, the stages
+The main pipeline is one seed (`train.seed`). For each other seed in `aggregate.seeds`, the stages
 `SEED_STAGES` run again with exactly the commands of dvc.yaml, rewritten to read a per-seed params
 file (only `train.seed` differs) and to write under `data/aggregate/seed-<S>/`. The data stages
 (fetch, tokenizer, export, audit) are shared: a seed changes training, not the data. Then
@@ -97,14 +97,15 @@ def _val_bpb(path: Path) -> float:
 
 def aggregate(params: AggregateParams, main_seed: int, root: Path, metrics_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Collect val_bpb of the main run and the extra seeds; summarize and test against the reference."""
-    if main_seed in params.extra_seeds:
-        raise DataError(f"aggregate.extra_seeds repeats the main seed train.seed={main_seed}")
+    if main_seed not in params.seeds:
+        raise DataError(f"aggregate.seeds {params.seeds} must include the main run's seed train.seed={main_seed}")
     out_dir.mkdir(parents=True, exist_ok=True)
     per_seed: dict[int, dict[str, float]] = {
         main_seed: {m: _val_bpb(metrics_dir / f) for m, f in METHOD_METRICS.items()}
     }
-    for seed in params.extra_seeds:
-        per_seed[seed] = run_extra_seed(seed, root, out_dir)
+    for seed in params.seeds:
+        if seed != main_seed:
+            per_seed[seed] = run_extra_seed(seed, root, out_dir)
     audit = read_json(metrics_dir / "audit.json", "audit metrics")
     bytes_per_token = float(audit["bytes_per_token"])
     reference = SeedSummary(n=params.reference_n, mean=params.reference_mean_bpb, std=params.reference_std_bpb)

@@ -1,4 +1,4 @@
-"""Stage `aggregate`: val_bpb over the main seed and `aggregate.extra_seeds`, tested against a reference.
+"""Stage `aggregate`: val_bpb over `aggregate.seeds` (the main run plus reruns), tested against a reference.
 
 Reads params `aggregate` and `train.seed`; the main seed's numbers come from metrics/eval_*.json,
 each extra seed reruns train..eval_ttt under data/aggregate/seed-<S>/. Writes metrics/aggregate.json.

@@ -64,12 +64,12 @@ def test_single_seed_summary_has_no_test(tmp_path):
     assert json.loads((tmp_path / "agg" / "per_seed.json").read_text()) == {"1337": {"sliding": 1.30, "ttt": 1.29}}
 
 
-def test_main_seed_must_not_repeat(tmp_path):
+def test_seeds_must_include_the_main_seed(tmp_path):
     metrics = _metrics(tmp_path, 1.30, 1.29)
-    with pytest.raises(DataError, match="repeats the main seed"):
-        aggregate(AggregateParams(extra_seeds=[1337]), 1337, tmp_path, metrics, tmp_path / "agg")
+    with pytest.raises(DataError, match="must include the main run's seed train.seed=1337"):
+        aggregate(AggregateParams(seeds=[1, 2]), 1337, tmp_path, metrics, tmp_path / "agg")
 
 
 def test_missing_metrics_named(tmp_path):
     with pytest.raises(DataError, match="eval_sliding.json"):
-        aggregate(AggregateParams(), 1, tmp_path, tmp_path / "nowhere", tmp_path / "agg")
+        aggregate(AggregateParams(), 1337, tmp_path, tmp_path / "nowhere", tmp_path / "agg")

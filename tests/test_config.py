@@ -167,3 +167,14 @@ def test_apply_profile_keeps_comments_and_refuses_invalid(tmp_path):
     assert load_profile("small", profiles).description == "A smaller vocabulary."
     with pytest.raises(ParamsError, match="no file"):
         load_profile("nope", profiles)
+
+
+def test_booleans_and_integer_strings_are_not_coerced(tmp_path):
+    path = write_params(tmp_path, {"export": {"val_docs": True}, "tokenizer": {"vocab_size": "1024"}})
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert "export.val_docs: must be a number, not true/false" in message
+    assert "tokenizer.vocab_size: must be an integer, not a string" in message
+    ok = write_params(tmp_path, {"tokenizer": {"vocab_size": 512}, "audit": {"compare_source_text": False}})
+    assert load_params(ok)["audit"].compare_source_text is False

@@ -10,7 +10,7 @@ from pgolf.config.base import Section
 class AggregateParams(Section):
     """`aggregate`: mean/std of val_bpb over seeds and a one-sided Welch t-test against a reference."""
 
-    extra_seeds: list[int] = Field([], max_length=16, description="training seeds run in addition to train.seed (each reruns train..eval_ttt)")
+    seeds: list[int] = Field([1337], min_length=1, max_length=16, description="training seeds aggregated; must include train.seed (the main run); each other seed reruns train..eval_ttt")
     reference_name: str = Field("official baseline", description="what the reference numbers are")
     reference_mean_bpb: float = Field(1.2244, gt=0.0, le=10.0, description="reference mean val_bpb")
     reference_std_bpb: float = Field(0.0005, ge=0.0, le=1.0, description="reference sample std of val_bpb over its seeds")
@@ -18,7 +18,7 @@ class AggregateParams(Section):
     alpha: float = Field(0.01, gt=0.0, lt=0.5, description="significance level of the one-sided test")
     min_gain_nats: float = Field(0.005, ge=0.0, description="required improvement in nats/token (val_loss units) for a record claim")
 
-    @field_validator("extra_seeds")
+    @field_validator("seeds")
     @classmethod
     def _unique(cls, seeds: list[int]) -> list[int]:
         if len(set(seeds)) != len(seeds):

@@ -6,9 +6,9 @@ Every params section is a `Section` (``extra="forbid"``, frozen). Errors are ren
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from pgolf.errors import ParamsError
 
@@ -17,6 +17,28 @@ class Section(BaseModel):
     """Base of every params section: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_silent_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        """`true` is not a count and "250" is not an integer: refuse what lax mode would coerce.
+
+        Numeric strings stay accepted for float fields only (PyYAML reads `3e-4` as a string).
+        """
+        kinds = _annotation_kinds(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            raise ValueError("must be a number, not true/false")
+        if isinstance(value, str) and int in kinds and float not in kinds and str not in kinds:
+            raise ValueError("must be an integer, not a string")
+        return value
+
+
+def _annotation_kinds(annotation: Any) -> set:
+    """The plain types an annotation admits (`int | None` -> {int, NoneType})."""
+    args = get_args(annotation)
+    if not args:
+        return {annotation}
+    return set().union(*(_annotation_kinds(a) for a in args))
 
 
 def _short(value: Any) -> str:

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from pgolf.io import atomic_dir, write_json_atomic
 from pgolf.pack.artifact import FORMAT_VERSION, PREFIX_BYTES, ParsedArtifact, parse_artifact, read_artifact_bytes
-from pgolf.pack.load import decode_tensors
+from pgolf.errors import ArtifactError
+from pgolf.pack.load import decode_tensors, load_model_from_artifact
 
 UNPACKED_TENSORS = "tensors.safetensors"
 UNPACKED_HEADER = "header.json"
@@ -47,6 +48,8 @@ def describe(path: str | Path, parsed: ParsedArtifact) -> dict:
 def _inspect(args: argparse.Namespace) -> int:
     parsed = parse_artifact(read_artifact_bytes(args.artifact))
     decode_tensors(parsed)
+    # A well-formed container is not enough: its config must build the model and its tensors fit it.
+    load_model_from_artifact(args.artifact)
     info = describe(args.artifact, parsed)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -60,6 +63,10 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _unpack(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise ArtifactError(f"{args.out}: exists and is not an empty directory; refusing to overwrite it")
+    args.out = out
     parsed = parse_artifact(read_artifact_bytes(args.artifact))
     decoded = decode_tensors(parsed)
     tensors = {f"{role}/{name}": tensor.contiguous() for (name, role), tensor in decoded.items()}

@@ -112,6 +112,8 @@ def load_model_from_artifact(path: str | Path) -> torch.nn.Module:
     try:
         model.load_state_dict(artifact.tensors, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "state dict mismatch"
-        raise ArtifactError(f"{path}: weights do not fit the model ({first})") from None
+        # torch lists each problem on its own line after a heading; keep them all on one line.
+        lines = [line.strip() for line in str(exc).strip().splitlines()[1:] if line.strip()]
+        detail = "; ".join(lines)[:400] or "state dict mismatch"
+        raise ArtifactError(f"{path}: weights do not fit the model ({detail})") from None
     return model.eval()
