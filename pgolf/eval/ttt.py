@@ -2,9 +2,8 @@
 
 Each document is cut into chunks of `chunk_tokens` targets (context: at most `window` tokens of
 the same document). Documents run side by side in lanes, taken in stream order as lanes free up.
-Every round first scores the next chunk of each lane and records those scores in the `Ledger`,
-and only then lets the adapter train on the chunk (the first training step reuses the scoring
-forward: same weights, same inputs, no update in between). Lanes never share what they
+Every round first scores the next chunk of each lane with no gradient and records those scores in
+the `Ledger`, and only then lets the adapter train on the chunk (a fresh forward pass). Lanes never share what they
 learn (a LoRA and Adam state per lane); the `sgd` adapter changes every weight, so it runs one
 lane: each chunk is adapted on only after everything before it in the stream was scored.
 """
@@ -204,23 +203,18 @@ class TTTRunner:
             return []
         return [i for i, last in enumerate(rnd.last) if self.adapter.trains_last_chunk or not last]
 
-    def score(self, rnd: Round) -> tuple[Tensor, Tensor] | None:
-        """Score the round's chunks and record the scores; no update happens here.
-
-        When training follows, the forward keeps its graph so the first training step reuses it
-        (same weights, same inputs); it is returned as (logits, targets), else None.
-        """
-        with torch.set_grad_enabled(bool(self.trained_rows(rnd))):
+    def score(self, rnd: Round) -> None:
+        """Score the round's chunks with no gradient and record the scores; no update happens here."""
+        with torch.no_grad():
             logits, targets = self._forward(rnd)
         mask = targets >= 0
-        scored = logits.detach()[mask]
+        scored = logits[mask]
         positions = np.concatenate([np.arange(w.score_from, w.stop + 1) for w in rnd.chunks])
         self.nll[positions] = token_nll(scored, targets[mask]).cpu().numpy()
         self.ledger.record_scores(positions, log_mass(scored))
-        return (logits, targets) if logits.requires_grad else None
 
-    def adapt(self, rnd: Round, scored: tuple[Tensor, Tensor] | None = None) -> None:
-        """`steps` optimizer steps on the round's chunks; `scored` is score()'s graph for the first."""
+    def adapt(self, rnd: Round) -> None:
+        """`steps` optimizer steps on the round's chunks, each with a fresh forward pass."""
         keep = self.trained_rows(rnd)
         if not keep:
             return
@@ -229,11 +223,8 @@ class TTTRunner:
             np.concatenate([np.arange(w.start, w.stop) for w in sub.chunks]),
             np.concatenate([np.arange(w.score_from, w.stop + 1) for w in sub.chunks]),
         )
-        for step in range(self.params.steps):
-            if step == 0 and scored is not None:
-                logits, targets = scored[0][keep], scored[1][keep]
-            else:
-                logits, targets = self._forward(sub)
+        for _ in range(self.params.steps):
+            logits, targets = self._forward(sub)
             per_token = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")  # [B, T]
             mask = (targets >= 0).to(per_token.dtype)
             loss = ((per_token * mask).sum(1) / mask.sum(1)).sum()  # per-lane mean: lanes learn independently
@@ -243,7 +234,8 @@ class TTTRunner:
         t0 = time.perf_counter()
         self.adapter.model.eval()
         for rnd in tqdm(self.rounds(), desc="ttt", unit="round", disable=None, mininterval=1.0):
-            self.adapt(rnd, self.score(rnd))
+            self.score(rnd)
+            self.adapt(rnd)
         return TTTOutcome(summarize(self.stream, self.nll, time.perf_counter() - t0), self.nll, self.ledger)
 
 
