@@ -26,7 +26,7 @@ import yaml
 from pgolf.config import read_params_file
 from pgolf.config.aggregate import AggregateParams
 from pgolf.errors import DataError, PgolfError
-from pgolf.io import read_json, write_json_atomic
+from pgolf.io import read_metric, write_json_atomic
 from pgolf.stats import SeedSummary, bpb_to_nats_per_byte, bpb_to_nats_per_token, summarize, welch_one_sided
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,7 @@ def run_extra_seed(seed: int, root: Path, out_dir: Path) -> dict[str, float]:
         proc = subprocess.run(words, cwd=root)
         if proc.returncode != 0:
             raise PgolfError(f"seed {seed}: `{cmd}` failed with exit status {proc.returncode}")
-    return {m: _val_bpb(seed_dir / "metrics" / f) for m, f in METHOD_METRICS.items()}
-
-
-def _val_bpb(path: Path) -> float:
-    value = read_json(path, "evaluation metrics").get("val_bpb")
-    if not isinstance(value, (int, float)):
-        raise DataError(f"{path}: no numeric val_bpb")
-    return float(value)
+    return {m: read_metric(seed_dir / "metrics" / f, "val_bpb") for m, f in METHOD_METRICS.items()}
 
 
 def aggregate(params: AggregateParams, main_seed: int, root: Path, metrics_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -101,13 +94,12 @@ def aggregate(params: AggregateParams, main_seed: int, root: Path, metrics_dir: 
         raise DataError(f"aggregate.seeds {params.seeds} must include the main run's seed train.seed={main_seed}")
     out_dir.mkdir(parents=True, exist_ok=True)
     per_seed: dict[int, dict[str, float]] = {
-        main_seed: {m: _val_bpb(metrics_dir / f) for m, f in METHOD_METRICS.items()}
+        main_seed: {m: read_metric(metrics_dir / f, "val_bpb") for m, f in METHOD_METRICS.items()}
     }
     for seed in params.seeds:
         if seed != main_seed:
             per_seed[seed] = run_extra_seed(seed, root, out_dir)
-    audit = read_json(metrics_dir / "audit.json", "audit metrics")
-    bytes_per_token = float(audit["bytes_per_token"])
+    bytes_per_token = read_metric(metrics_dir / "audit.json", "bytes_per_token")
     reference = SeedSummary(n=params.reference_n, mean=params.reference_mean_bpb, std=params.reference_std_bpb)
     result: dict[str, Any] = {
         "seeds": sorted(per_seed),

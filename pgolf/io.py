@@ -79,3 +79,14 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise DataError(f"{path}: {what} not found (did the upstream stage run?)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+def read_metric(path: str | Path, key: str) -> float:
+    """One number from a metrics JSON file; DataError naming the file and key when it is absent."""
+    from pgolf.errors import DataError
+
+    data = read_json(path, "metrics file")
+    value = data.get(key) if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{path}: no numeric '{key}'")
+    return float(value)

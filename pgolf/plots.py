@@ -8,14 +8,13 @@ pinned `django-js-lib-vega-embed` wheel) into a template that `.dvc/config` poin
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
 from pgolf.errors import DataError
-from pgolf.io import write_bytes_atomic, write_json_atomic
+from pgolf.io import read_metric, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +106,6 @@ def write_bpb_table(rows: list[dict], out_json: str | Path) -> Path:
     return Path(out_json)
 
 
-def load_metric(path: str | Path, key: str) -> float:
-    """One number from a metrics JSON file, with a clear error when it is missing."""
-    path = Path(path)
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))[key]
-    except FileNotFoundError:
-        raise DataError(f"{path}: metrics file not found") from None
-    except (KeyError, TypeError, json.JSONDecodeError):
-        raise DataError(f"{path}: no numeric '{key}'") from None
-    if not isinstance(value, (int, float)):
-        raise DataError(f"{path}: '{key}' is not a number")
-    return float(value)
-
-
 def write_report(live_dir: str | Path, metrics_dir: str | Path, out_dir: str | Path) -> dict:
     """The training-curve PNG and the bpb-per-method table from a finished pipeline's outputs."""
     live_dir, metrics_dir, out_dir = Path(live_dir), Path(metrics_dir), Path(out_dir)
@@ -131,13 +116,13 @@ def write_report(live_dir: str | Path, metrics_dir: str | Path, out_dir: str | P
         raise DataError(f"{live_dir}: no DVCLive curves under plots/metrics (did the train stage run?)")
     labels = [p.relative_to(root).with_suffix("").as_posix() for p in curves]
     png = write_curves_png(curves, out_dir / "train_curve.png", title="training curves", labels=labels)
-    sliding = load_metric(metrics_dir / "eval_sliding.json", "val_bpb")
-    gap = load_metric(metrics_dir / "eval_sliding.json", "quantization_gap")
+    sliding = read_metric(metrics_dir / "eval_sliding.json", "val_bpb")
+    gap = read_metric(metrics_dir / "eval_sliding.json", "quantization_gap")
     rows = [
         {"method": "sliding, checkpoint (before quantization)", "val_bpb": sliding - gap},
         {"method": "sliding, artifact", "val_bpb": sliding},
-        {"method": "chunked, artifact, no TTT", "val_bpb": load_metric(metrics_dir / "eval_ttt.json", "val_bpb_no_ttt")},
-        {"method": "TTT, artifact", "val_bpb": load_metric(metrics_dir / "eval_ttt.json", "val_bpb")},
+        {"method": "chunked, artifact, no TTT", "val_bpb": read_metric(metrics_dir / "eval_ttt.json", "val_bpb_no_ttt")},
+        {"method": "TTT, artifact", "val_bpb": read_metric(metrics_dir / "eval_ttt.json", "val_bpb")},
     ]
     table = write_bpb_table(rows, out_dir / "eval_bpb.json")
     log.info("train_curve_png: %s", png)
