@@ -54,7 +54,7 @@ def load_model(artifact: Path, vocab_size: int) -> tuple[torch.nn.Module, str]:
         from pgolf.eval.run import load_artifact_model
 
         return load_artifact_model(artifact, torch.device("cpu")), f"artifact {artifact}"
-    from pgolf.config.train import ModelParams
+    from pgolf.config.model import ModelParams
     from pgolf.model import GPT
 
     torch.manual_seed(0)

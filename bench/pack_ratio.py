@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgolf.config.quant import PackParams, QuantizeParams
+from pgolf.config.pack import PackParams
+from pgolf.config.quantize import QuantizeParams
 from pgolf.pack.codecs import compress, shuffle_bytes
 from pgolf.pack.entropy import encode, fit_codebook, order0_entropy_bits
 from pgolf.pack.pack import codebook_bytes, pack_model

@@ -16,12 +16,13 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgolf.config.quant import PackParams
+from pgolf.config.pack import PackParams
 from pgolf.errors import ArtifactError
-from pgolf.pack.artifact import MAGIC, PREFIX, PREFIX_BYTES, parse_artifact
+from pgolf.pack.artifact import FORMAT_VERSION, MAGIC, PREFIX, PREFIX_BYTES, parse_artifact
 from pgolf.pack.load import artifact_from_parsed, load_artifact
 from pgolf.pack.pack import pack_model
-from pgolf.quant.apply import QuantizedModel, QuantTensor
+from pgolf.quant.apply import QuantizedModel
+from pgolf.quant.scheme import QuantizedTensor
 
 torch.set_num_threads(1)
 FUZZ_EXAMPLES = 1000
@@ -33,7 +34,7 @@ def tiny_quantized(seed: int = 0) -> QuantizedModel:
     for name, group, bits, shape in [("blocks.0.attn.c_q.weight", "attention", 6, (16, 32)), ("blocks.0.mlp.fc.weight", "mlp", 4, (32, 16)), ("wte.weight", "embedding", 8, (24, 16))]:
         qmax = 2 ** (bits - 1) - 1
         symbols = torch.clamp(torch.round(torch.randn(shape, generator=g) * qmax / 4), -qmax, qmax).to(torch.int8)
-        q[name] = QuantTensor(name, group, bits, symbols, (torch.rand(shape[0], generator=g) * 0.01 + 1e-3).half(), "float32")
+        q[name] = QuantizedTensor(name, group, bits, symbols, (torch.rand(shape[0], generator=g) * 0.01 + 1e-3).half(), "float32")
     plain = {"blocks.0.gain": torch.randn(32, generator=g).half(), "step": torch.tensor([7], dtype=torch.int64), "bf": torch.randn(5, generator=g).bfloat16()}
     dtypes = {name: "float32" for name in q} | {"blocks.0.gain": "float32", "step": "int64", "bf": "bfloat16"}
     return QuantizedModel({"vocab_size": 24, "n_layer": 1}, q, plain, dtypes, {"lm_head.weight": "wte.weight"}, [])
@@ -52,7 +53,7 @@ def split(data: bytes) -> tuple[dict, bytes]:
     return json.loads(data[PREFIX_BYTES : PREFIX_BYTES + header_len]), data[PREFIX_BYTES + header_len :]
 
 
-def resign(header: dict, payload: bytes, version: int = 1, flags: int = 0) -> bytes:
+def resign(header: dict, payload: bytes, version: int = FORMAT_VERSION, flags: int = 0) -> bytes:
     """A container with valid prefix/header checksums around any header object (no validation)."""
     raw = json.dumps(header).encode()
     prefix = PREFIX.pack(MAGIC, version, flags, len(raw), zlib.crc32(raw), len(payload))
@@ -100,7 +101,7 @@ def test_bad_magic():
 
 def test_bad_version_and_flags():
     header, payload = split(GOOD)
-    reject(resign(header, payload, version=2), "version")
+    reject(resign(header, payload, version=FORMAT_VERSION + 1), "version")
     reject(resign(header, payload, flags=1), "flags")
 
 
@@ -260,7 +261,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=8,
 )
-FIELDS = ["name", "role", "shape", "dtype", "out_dtype", "bits", "encoding", "shuffle", "codebook", "offset", "length", "crc32"]
+FIELDS = ["name", "role", "part", "shape", "dtype", "out_dtype", "bits", "encoding", "shuffle", "codebook", "offset", "length", "crc32"]
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
@@ -268,7 +269,7 @@ FIELDS = ["name", "role", "shape", "dtype", "out_dtype", "bits", "encoding", "sh
     variant=st.sampled_from(sorted(VARIANTS)),
     index=st.integers(0, 50),
     field=st.sampled_from(FIELDS),
-    value=st.one_of(json_values, st.integers(-3, 1 << 40), st.lists(st.integers(-2, 1 << 30), max_size=3), st.sampled_from(["ans", "raw", "zstd", "q", "scale", "plain", "int8", "float16", "attention"])),
+    value=st.one_of(json_values, st.integers(-3, 1 << 40), st.lists(st.integers(-2, 1 << 30), max_size=3), st.sampled_from(["ans", "raw", "zstd", "q", "scale", "plain", "extra", "lowrank.u", "int8", "float16", "attention"])),
     payload_flip=st.none() | st.integers(0, 10**6),
 )
 def test_fuzz_resigned_header_and_payload_edits(variant, index, field, value, payload_flip):

@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from pgolf.config.quant import CalibrateParams, QuantizeParams
+from pgolf.config.calibrate import CalibrateParams
+from pgolf.config.quantize import QuantizeParams
 from pgolf.data.shards import write_shard
 from pgolf.errors import DataError
 from pgolf.io import read_json

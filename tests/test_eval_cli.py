@@ -14,8 +14,9 @@ import torch
 from data_helpers import english_docs, trained_processor
 
 from pgolf.cli import main
-from pgolf.config.quant import PackParams, QuantizeParams
-from pgolf.config.train import ModelParams
+from pgolf.config.pack import PackParams
+from pgolf.config.quantize import QuantizeParams
+from pgolf.config.model import ModelParams
 from pgolf.data.shards import SHARDS_MANIFEST, write_shard
 from pgolf.model import GPT, model_config_dict
 from pgolf.pack.pack import pack_model

@@ -185,7 +185,7 @@ def test_lora_targets_matching_nothing_is_a_params_error() -> None:
 
 
 def test_zero_lr_is_exact_on_the_real_gpt() -> None:
-    from pgolf.config.train import ModelParams
+    from pgolf.config.model import ModelParams
     from pgolf.model import GPT
 
     torch.manual_seed(0)

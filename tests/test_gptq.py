@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pgolf.config.quant import QuantizeParams
+from pgolf.config.quantize import QuantizeParams
 from pgolf.quant.apply import quantize_state
 from pgolf.quant.gptq import act_order_permutation, gptq, inverse_permutation, relative_output_error
 from pgolf.quant.groups import tensor_group, unique_tensors

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pgolf.config.base import validate_section
-from pgolf.config.train import ModelParams
+from pgolf.config.model import ModelParams
 from pgolf.errors import ParamsError
 from pgolf.model import GPT, build_model, count_params, model_config_dict
 from pgolf.model.layers import apply_rope, rope_frequencies, rope_tables

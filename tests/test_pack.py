@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from pgolf.cli import main as cli_main
-from pgolf.config.quant import PackParams, QuantizeParams
+from pgolf.config.pack import PackParams
+from pgolf.config.quantize import QuantizeParams
 from pgolf.errors import ArtifactError
 from pgolf.io import read_json
 from pgolf.model import build_model
@@ -28,7 +29,8 @@ from pgolf.pack.entropy import decode, encode, fit_codebook, order0_entropy_bits
 from pgolf.pack.pack import ARTIFACT_NAME, codebook_bytes, pack_model, pack_stage
 from pgolf.pack.artifact import parse_artifact
 from pgolf.pack.load import artifact_from_parsed
-from pgolf.quant.apply import QuantizedModel, QuantTensor, quantize_state
+from pgolf.quant.apply import QuantizedModel, quantize_state
+from pgolf.quant.scheme import QuantizedTensor
 from pgolf.quant.rtn import qmax_for_bits, rtn, std_scale
 from pgolf.quant.store import save_quantized
 
@@ -100,7 +102,7 @@ def test_best_coder_takes_the_smaller_of_ans_and_lz_per_tensor():
     dup[::7] = torch.randint(-20, 21, (37, 256), generator=g).to(torch.int8)
     iid = torch.clamp(torch.round(torch.randn(256, 256, generator=g) * 6), -31, 31).to(torch.int8)
     scale = torch.full((256,), 0.01).half()
-    q = {"emb.weight": QuantTensor("emb.weight", "embedding", 6, dup, scale, "float32"), "mlp.weight": QuantTensor("mlp.weight", "mlp", 6, iid, scale, "float32")}
+    q = {"emb.weight": QuantizedTensor("emb.weight", "embedding", 6, dup, scale, "float32"), "mlp.weight": QuantizedTensor("mlp.weight", "mlp", 6, iid, scale, "float32")}
     qm = QuantizedModel({}, q, {}, {"emb.weight": "float32", "mlp.weight": "float32"})
     best = pack_model(qm, PackParams(compressor="best", reference_brotli=True))
     ans = pack_model(qm, PackParams(compressor="ans", reference_brotli=False))

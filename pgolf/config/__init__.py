@@ -16,7 +16,9 @@ from pgolf.config.base import Section, validate_section
 from pgolf.config.data import AuditParams, ExportParams, FetchParams, TokenizerParams
 from pgolf.config.train import TrainParams
 from pgolf.config.eval import EvalSlidingParams, EvalTTTParams
-from pgolf.config.quant import CalibrateParams, PackParams, QuantizeParams
+from pgolf.config.calibrate import CalibrateParams
+from pgolf.config.pack import PackParams
+from pgolf.config.quantize import QuantizeParams
 from pgolf.errors import ParamsError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")

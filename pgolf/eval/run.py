@@ -64,7 +64,7 @@ def load_artifact_model(path: str | Path, device: torch.device | None = None) ->
 
 
 def load_checkpoint_model(directory: str | Path, device: torch.device | None = None) -> nn.Module:
-    from pgolf.train.checkpoint import load_model
+    from pgolf.model.checkpoint import load_model
 
     return load_model(directory).to(device or default_device()).eval()
 

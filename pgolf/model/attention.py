@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf.config.train import ModelParams
+from pgolf.config.model import ModelParams
 from pgolf.model.layers import CastedLinear, Rotary, rms_norm
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pgolf.config.train import ModelParams
+from pgolf.config.model import ModelParams
 from pgolf.model.attention import CausalSelfAttention
 from pgolf.model.layers import RMSNorm
 from pgolf.model.mlp import MLP

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config.base import validate_section
-from pgolf.config.train import ModelParams
+from pgolf.config.model import ModelParams
 from pgolf.errors import ParamsError
 from pgolf.model.block import Block
 from pgolf.model.layers import CastedLinear, RMSNorm, rms_norm

@@ -8,7 +8,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf.config.train import ModelParams
+from pgolf.config.model import ModelParams
 from pgolf.model.layers import CastedLinear
 
 

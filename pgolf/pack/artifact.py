@@ -4,7 +4,7 @@ Layout (all integers little-endian)::
 
     offset  size  field
     0       8     magic  b"PGOLFART"
-    8       2     format version (u16) = 1
+    8       2     format version (u16) = 2
     10      2     flags (u16) = 0
     12      4     header length H in bytes (u32), 2 <= H <= MAX_HEADER_BYTES
     16      4     CRC-32 of the header bytes (u32)
@@ -18,7 +18,8 @@ Header JSON: ``format`` ("pgolf-artifact"), ``model_config`` (object: rebuilds t
 name -> stored tensor name), ``codebooks`` (name -> {min_symbol, counts}: the ANS symbol
 distributions) and ``tensors``, the table: one entry per blob with ``name``, ``role`` ("q": int8
 symbols, "scale": float16 per-row scales of the q tensor of the same name, "plain": a passthrough
-tensor stored as is), ``shape``, ``dtype`` (stored element type), ``out_dtype`` (dtype of the rebuilt weight),
+tensor stored as is, "extra": a float part of the quantized tensor of the same name, named by
+``part`` as ``"<term>.<part>"``, e.g. a low-rank correction's ``"lowrank.u"``), ``shape``, ``dtype`` (stored element type), ``out_dtype`` (dtype of the rebuilt weight),
 ``bits`` (q only), ``encoding`` (raw | zstd | brotli | lzma | ans), ``shuffle`` (byte shuffle
 before the codec), ``codebook`` (ans only), ``offset`` and ``length`` (in the payload) and
 ``crc32`` (of the blob as stored).
@@ -43,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pgolf.errors import ArtifactError
 
 MAGIC = b"PGOLFART"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: role "extra" (parts of a quantized tensor besides symbols and scales)
 FORMAT_NAME = "pgolf-artifact"
 PREFIX = struct.Struct("<8sHHIIQ")
 PREFIX_BYTES = PREFIX.size + 4  # + CRC-32 of the prefix
@@ -72,7 +73,8 @@ class TensorEntry(_Strict):
     """One row of the tensor table: where one blob lives and how to decode it."""
 
     name: StrictStr = Field(min_length=1, max_length=512)
-    role: Literal["q", "scale", "plain"]
+    role: Literal["q", "scale", "extra", "plain"]
+    part: StrictStr | None = Field(None, min_length=1, max_length=64)
     shape: list[StrictInt] = Field(max_length=MAX_NDIM)
     dtype: Dtype
     out_dtype: Literal["float16", "bfloat16", "float32"]
@@ -160,14 +162,14 @@ def _reject_constant(name: str) -> None:
 
 
 def _check_table(header: Header, file_bytes: int | None) -> None:
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str | None]] = set()
     total = 0
     cap = MAX_TOTAL_ELEMENTS if file_bytes is None else min(MAX_TOTAL_ELEMENTS, ELEMENT_ALLOWANCE + MAX_ELEMENTS_PER_FILE_BYTE * file_bytes)
     expected_offset = 0
     for entry in header.tensors:
-        key = (entry.name, entry.role)
+        key = (entry.name, entry.role, entry.part)
         if key in seen:
-            raise ArtifactError(f"tensor {entry.name} ({entry.role}) appears twice in the table")
+            raise ArtifactError(f"tensor {entry.name} ({entry.role}{' ' + entry.part if entry.part else ''}) appears twice in the table")
         seen.add(key)
         if any(d < 0 or d > MAX_DIM for d in entry.shape):
             raise ArtifactError(f"tensor {entry.name}: shape {entry.shape} has a dimension outside [0, {MAX_DIM}]")
@@ -186,10 +188,12 @@ def _check_table(header: Header, file_bytes: int | None) -> None:
             owner = names_q.get(entry.name)
             if owner is None or len(owner.shape) != 2 or entry.shape != owner.shape[:1]:
                 raise ArtifactError(f"tensor {entry.name}: scale shape {entry.shape} does not match a q tensor's rows")
+        if entry.role == "extra" and entry.name not in names_q:
+            raise ArtifactError(f"tensor {entry.name}: extra {entry.part} without a q tensor")
     for name in names_q:
-        if (name, "scale") not in seen:
+        if (name, "scale", None) not in seen:
             raise ArtifactError(f"tensor {name}: q tensor without a scale")
-        if (name, "plain") in seen:
+        if (name, "plain", None) in seen:
             raise ArtifactError(f"tensor {name}: stored both quantized and as float")
     stored = {e.name for e in header.tensors}
     for alias, target in header.aliases.items():
@@ -206,6 +210,10 @@ def _check_entry(entry: TensorEntry, header: Header) -> None:
         raise ArtifactError(f"{where}: only q tensors carry bits")
     if entry.role == "scale" and entry.dtype != "float16":
         raise ArtifactError(f"{where}: scales are float16")
+    if (entry.role == "extra") != (entry.part is not None):
+        raise ArtifactError(f"{where}: extras, and only extras, name a part")
+    if entry.role == "extra" and entry.dtype not in FLOAT_DTYPES:
+        raise ArtifactError(f"{where}: extras are float tensors, got {entry.dtype}")
     if entry.encoding == "ans":
         if entry.role != "q" or entry.codebook not in header.codebooks:
             raise ArtifactError(f"{where}: ans needs a q tensor and a known codebook, got {entry.codebook!r}")

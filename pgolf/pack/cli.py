@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from pgolf.io import atomic_dir, write_json_atomic
 from pgolf.pack.artifact import FORMAT_VERSION, PREFIX_BYTES, ParsedArtifact, parse_artifact, read_artifact_bytes
 from pgolf.errors import ArtifactError
-from pgolf.pack.load import decode_tensors, load_model_from_artifact
+from pgolf.pack.load import decode_tensors, load_model_from_artifact, quantized_tensors
 
 UNPACKED_TENSORS = "tensors.safetensors"
 UNPACKED_HEADER = "header.json"
@@ -47,7 +47,6 @@ def describe(path: str | Path, parsed: ParsedArtifact) -> dict:
 
 def _inspect(args: argparse.Namespace) -> int:
     parsed = parse_artifact(read_artifact_bytes(args.artifact))
-    decode_tensors(parsed)
     # A well-formed container is not enough: its config must build the model and its tensors fit it.
     load_model_from_artifact(args.artifact)
     info = describe(args.artifact, parsed)
@@ -69,11 +68,12 @@ def _unpack(args: argparse.Namespace) -> int:
     args.out = out
     parsed = parse_artifact(read_artifact_bytes(args.artifact))
     decoded = decode_tensors(parsed)
-    tensors = {f"{role}/{name}": tensor.contiguous() for (name, role), tensor in decoded.items()}
+    quantized_tensors(parsed, decoded)  # symbols in range, scales finite, extras known
+    tensors = {"/".join(filter(None, (role, name, part))): tensor.contiguous() for (name, role, part), tensor in decoded.items()}
     with atomic_dir(args.out) as tmp:
         save_file(tensors, str(Path(tmp) / UNPACKED_TENSORS))
         write_json_atomic(Path(tmp) / UNPACKED_HEADER, describe(args.artifact, parsed))
-    print(f"{args.out}: {len(tensors)} tensors ({UNPACKED_TENSORS}: q/<name> int8, scale/<name> float16, plain/<name> as stored; {UNPACKED_HEADER})")
+    print(f"{args.out}: {len(tensors)} tensors ({UNPACKED_TENSORS}: q/<name> int8, scale/<name> float16, extra/<name>/<part> and plain/<name> as stored; {UNPACKED_HEADER})")
     return 0
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import lzma
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import brotli
 import numpy as np
@@ -17,7 +19,6 @@ import zstandard
 
 from pgolf.errors import ArtifactError
 
-CODECS = ("raw", "zstd", "brotli", "lzma")
 LZMA_DICT_BYTES = 1 << 24
 ZSTD_READ_CHUNK = 1 << 20
 
@@ -27,19 +28,6 @@ def _lzma_filters(preset: int | None = None) -> list[dict]:
     if preset is not None:
         spec["preset"] = preset | lzma.PRESET_EXTREME
     return [spec]
-
-
-def compress(data: bytes, codec: str, level: int) -> bytes:
-    """Compress `data` with `codec` at `level` (zstd level, brotli quality, lzma preset)."""
-    if codec == "raw":
-        return bytes(data)
-    if codec == "zstd":
-        return zstandard.ZstdCompressor(level=level, write_content_size=False).compress(data)
-    if codec == "brotli":
-        return brotli.compress(data, quality=level)
-    if codec == "lzma":
-        return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(level))
-    raise ArtifactError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
 
 
 def _zstd_bounded(data: bytes, limit: int) -> bytes:
@@ -54,24 +42,54 @@ def _zstd_bounded(data: bytes, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def _brotli_bounded(data: bytes, limit: int) -> bytes:
+    decoder = brotli.Decompressor()
+    out = decoder.process(data, output_buffer_limit=limit)
+    if len(out) == limit - 1 and not decoder.is_finished():
+        raise ArtifactError("brotli stream does not end where the table says")
+    return out
+
+
+@dataclass(frozen=True)
+class Codec:
+    """`compress(data, level)`; `decompress(data, limit)` never returns more than `limit` bytes."""
+
+    compress: Callable[[bytes, int], bytes]
+    decompress: Callable[[bytes, int], bytes]
+
+
+# The one registry of general-purpose codecs: pack.side_codec, pack.compressor and the loader.
+CODECS: dict[str, Codec] = {
+    "raw": Codec(lambda data, level: bytes(data), lambda data, limit: bytes(data)),
+    "zstd": Codec(lambda data, level: zstandard.ZstdCompressor(level=level, write_content_size=False).compress(data), _zstd_bounded),
+    "brotli": Codec(lambda data, level: brotli.compress(data, quality=level), _brotli_bounded),
+    "lzma": Codec(
+        lambda data, level: lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(level)),
+        lambda data, limit: lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters()).decompress(data, max_length=limit),
+    ),
+}
+# pack.compressor: name -> the coders tried on each integer tensor (the smallest blob wins);
+# "ans" is the entropy coder of pgolf.pack.entropy. `best`: LZ coders win on trained embeddings
+# with near-duplicate rows, which an order-0 model cannot see.
+SYMBOL_CODERS: dict[str, tuple[str, ...]] = {"best": ("ans", "brotli", "lzma"), "ans": ("ans",), **{name: (name,) for name in CODECS}}
+
+
+def _codec(name: str) -> Codec:
+    if name not in CODECS:
+        raise ArtifactError(f"unknown codec {name!r} (known: {', '.join(CODECS)})")
+    return CODECS[name]
+
+
+def compress(data: bytes, codec: str, level: int) -> bytes:
+    """Compress `data` with `codec` at `level` (zstd level, brotli quality, lzma preset)."""
+    return _codec(codec).compress(data, level)
+
+
 def decompress(data: bytes, codec: str, expected_len: int) -> bytes:
     """Decode `data`; ArtifactError unless it decodes to exactly `expected_len` bytes."""
-    limit = expected_len + 1
+    decoder = _codec(codec).decompress
     try:
-        if codec == "raw":
-            out = bytes(data)
-        elif codec == "zstd":
-            out = _zstd_bounded(data, limit)
-        elif codec == "brotli":
-            decoder = brotli.Decompressor()
-            out = decoder.process(data, output_buffer_limit=limit)
-            if len(out) == expected_len and not decoder.is_finished():
-                raise ArtifactError("brotli stream does not end where the table says")
-        elif codec == "lzma":
-            decoder = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters())
-            out = decoder.decompress(data, max_length=limit)
-        else:
-            raise ArtifactError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+        out = decoder(data, expected_len + 1)
     except ArtifactError:
         raise
     except (zstandard.ZstdError, brotli.error, lzma.LZMAError, ValueError, MemoryError, EOFError) as exc:

@@ -1,6 +1,7 @@
 """Load a pgolf artifact on CPU: validated container -> integer and float tensors -> a model.
 
-`load_artifact` gives the model config and the dequantized weights; `load_model_from_artifact`
+`load_artifact` gives the model config and the weights, each quantized tensor rebuilt by the
+shared `pgolf.quant.scheme.QuantizedTensor` (dequantization is written there, once); `load_model_from_artifact`
 rebuilds the `pgolf.model.GPT` from them. Every failure is an ArtifactError.
 """
 
@@ -15,6 +16,7 @@ from pgolf.errors import ArtifactError, PgolfError
 from pgolf.pack.artifact import ParsedArtifact, TensorEntry, parse_artifact, read_artifact_bytes
 from pgolf.pack.codecs import decompress, unshuffle_bytes
 from pgolf.pack.entropy import Codebook, decode
+from pgolf.quant.scheme import QuantizedTensor
 
 TORCH_DTYPES = {
     "int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64,
@@ -49,37 +51,45 @@ def _itemsize(dtype: str) -> int:
     return torch.empty(0, dtype=TORCH_DTYPES[dtype]).element_size()
 
 
-def decode_tensors(parsed: ParsedArtifact) -> dict[tuple[str, str], torch.Tensor]:
-    """Every blob decoded, keyed by (name, role); q tensors are checked to lie within their bits."""
+PartKey = tuple[str, str, "str | None"]  # (name, role, part)
+
+
+def decode_tensors(parsed: ParsedArtifact) -> dict[PartKey, torch.Tensor]:
+    """Every blob decoded exactly as stored, keyed by (name, role, part)."""
     codebooks = {}
     for name, cb in parsed.header.codebooks.items():
         codebook = Codebook(cb.min_symbol, tuple(cb.counts))
         codebook.validate()
         codebooks[name] = codebook
-    out = {}
-    for entry, blob in zip(parsed.header.tensors, parsed.blobs):
-        tensor = decode_blob(entry, blob, codebooks)
-        if entry.role == "q":
-            qmax = 2 ** (entry.bits - 1) - 1
-            if tensor.numel() and int(tensor.abs().max()) > qmax:
-                raise ArtifactError(f"tensor {entry.name}: symbols exceed +-{qmax} for {entry.bits} bits")
-        if entry.role == "scale" and not bool(torch.isfinite(tensor).all()):
-            raise ArtifactError(f"tensor {entry.name}: non-finite scales")
-        out[(entry.name, entry.role)] = tensor
+    return {
+        (entry.name, entry.role, entry.part): decode_blob(entry, blob, codebooks)
+        for entry, blob in zip(parsed.header.tensors, parsed.blobs)
+    }
+
+
+def quantized_tensors(parsed: ParsedArtifact, decoded: dict[PartKey, torch.Tensor]) -> dict[str, QuantizedTensor]:
+    """The artifact's quantized tensors as the shared `QuantizedTensor`, each checked."""
+    out: dict[str, QuantizedTensor] = {}
+    for entry in parsed.header.tensors:
+        if entry.role != "q":
+            continue
+        extras = {part: t for (name, role, part), t in decoded.items() if name == entry.name and role == "extra"}
+        qt = QuantizedTensor(entry.name, "", int(entry.bits), decoded[(entry.name, "q", None)], decoded[(entry.name, "scale", None)], entry.out_dtype, extras)
+        qt.check()
+        out[entry.name] = qt
     return out
 
 
-def dequantized_state(parsed: ParsedArtifact, decoded: dict[tuple[str, str], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights by name: q * scale per row for quantized tensors, plain tensors as stored (cast)."""
+def dequantized_state(parsed: ParsedArtifact, decoded: dict[PartKey, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights by name: quantized tensors rebuilt by `QuantizedTensor.dequantize`, plain tensors as stored (cast)."""
+    quantized = quantized_tensors(parsed, decoded)
     state: dict[str, torch.Tensor] = {}
     for entry in parsed.header.tensors:
-        out_dtype = TORCH_DTYPES[entry.out_dtype]
         if entry.role == "q":
-            scale = decoded[(entry.name, "scale")].float().unsqueeze(1)
-            state[entry.name] = (decoded[(entry.name, "q")].float() * scale).to(out_dtype)
+            state[entry.name] = quantized[entry.name].dequantize()
         elif entry.role == "plain":
-            tensor = decoded[(entry.name, "plain")]
-            state[entry.name] = tensor.to(out_dtype) if tensor.is_floating_point() else tensor.clone()
+            tensor = decoded[(entry.name, "plain", None)]
+            state[entry.name] = tensor.to(TORCH_DTYPES[entry.out_dtype]) if tensor.is_floating_point() else tensor.clone()
     for alias, target in parsed.header.aliases.items():
         state[alias] = state[target]
     return state

@@ -1,9 +1,11 @@
 """pack: a QuantizedModel -> artifact bytes, byte accounting, and the 16,000,000-byte gate.
 
-Integer symbols are coded by `pack.compressor`: `ans` fits one distribution per tensor group (or per
-tensor) to the symbols and entropy-codes them; zstd/brotli/lzma/raw code the int8 bytes; `best`
-keeps, per tensor, the smallest of ANS, brotli and lzma.
-Scales and passthrough tensors go through `pack.side_codec`, byte-shuffled if `pack.shuffle`.
+Integer symbols are coded by `pack.compressor` (a name of `pgolf.pack.codecs.SYMBOL_CODERS`):
+`ans` fits one distribution per tensor group (or per tensor) to the symbols and entropy-codes them;
+zstd/brotli/lzma/raw code the int8 bytes; `best` keeps, per tensor, the smallest of ANS, brotli
+and lzma. Scales, extras and passthrough tensors go through `pack.side_codec`, byte-shuffled if
+`pack.shuffle`. Every part of a `QuantizedTensor` is stored generically: a new kind of extra
+needs no change here.
 """
 
 from __future__ import annotations
@@ -18,22 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgolf.config.quant import PackParams
+from pgolf.config.pack import PackParams
 from pgolf.errors import ArtifactError
 from pgolf.io import atomic_dir, write_json_atomic
 from pgolf.pack.artifact import encode_artifact
 from pgolf.pack.code_bytes import measure_code_bytes
-from pgolf.pack.codecs import compress, shuffle_bytes
+from pgolf.pack.codecs import SYMBOL_CODERS, compress, shuffle_bytes
 from pgolf.pack.entropy import Codebook, encode, fit_codebook, order0_entropy_bits
-from pgolf.quant.apply import QuantizedModel, QuantTensor, dtype_name, summarize_report
+from pgolf.quant.apply import QuantizedModel, dtype_name, summarize_report
+from pgolf.quant.scheme import QuantizedTensor
 from pgolf.quant.store import load_quantized
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_NAME = "model.pgolf"
 REFERENCE_BROTLI_QUALITY = 11
-ANS_CODERS = ("ans", "best")
-BEST_GENERAL = ("brotli", "lzma")
 
 
 @dataclass(frozen=True)
@@ -74,29 +75,27 @@ def side_blob(tensor: torch.Tensor, params: PackParams) -> tuple[bytes, dict]:
 
 def fit_codebooks(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], params: PackParams) -> dict[str, Codebook]:
     """ANS distributions: one per tensor group, or one per tensor."""
-    if params.compressor not in ANS_CODERS:
+    if "ans" not in SYMBOL_CODERS[params.compressor]:
         return {}
     if params.distribution == "group":
         return {g: fit_codebook(np.concatenate(parts)) for g, parts in by_group.items()}
     return {name: fit_codebook(qt.q.numpy()) for name, qt in qm.quantized.items()}
 
 
-def symbol_blob(name: str, qt: QuantTensor, params: PackParams, codebooks: dict[str, Codebook]) -> tuple[bytes, dict, int | None]:
-    """(blob, encoding fields, ANS payload bytes or None) of one integer tensor.
-
-    compressor=best keeps the smallest of ANS and the general compressors in BEST_GENERAL: trained
-    embeddings can hold near-duplicate rows that an LZ coder exploits and an order-0 model cannot."""
+def symbol_blob(name: str, qt: QuantizedTensor, params: PackParams, codebooks: dict[str, Codebook]) -> tuple[bytes, dict, int | None]:
+    """(blob, encoding fields, ANS payload bytes or None) of one integer tensor: the smallest of
+    the coders `SYMBOL_CODERS[pack.compressor]` names (the first on ties)."""
     symbols = qt.q.numpy()
-    general = BEST_GENERAL if params.compressor == "best" else (() if params.compressor == "ans" else (params.compressor,))
     options: list[tuple[bytes, dict]] = []
     ans_bytes = None
-    if params.compressor in ANS_CODERS:
-        book = qt.group if params.distribution == "group" else name
-        blob = encode(symbols, codebooks[book])
-        ans_bytes = len(blob)
-        options.append((blob, {"encoding": "ans", "shuffle": False, "codebook": book}))
-    for codec in general:
-        options.append((compress(symbols.tobytes(), codec, codec_level(codec, params)), {"encoding": codec, "shuffle": False}))
+    for coder in SYMBOL_CODERS[params.compressor]:
+        if coder == "ans":
+            book = qt.group if params.distribution == "group" else name
+            blob = encode(symbols, codebooks[book])
+            ans_bytes = len(blob)
+            options.append((blob, {"encoding": "ans", "shuffle": False, "codebook": book}))
+        else:
+            options.append((compress(symbols.tobytes(), coder, codec_level(coder, params)), {"encoding": coder, "shuffle": False}))
     blob, enc = min(options, key=lambda option: len(option[0]))
     return blob, enc, ans_bytes
 
@@ -132,6 +131,11 @@ def pack_model(qm: QuantizedModel, params: PackParams, meta: dict | None = None)
             entries.append({"name": name, "role": "scale", "shape": [int(qt.scale.numel())], "dtype": "float16", "out_dtype": out_dtype, **scale_enc})
             blobs.append(scale_blob)
             add(f"{qt.group}_scales", len(scale_blob))
+            for part, tensor in qt.extras.items():
+                extra_blob, extra_enc = side_blob(tensor, params)
+                entries.append({"name": name, "role": "extra", "part": part, "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype), "out_dtype": out_dtype, **extra_enc})
+                blobs.append(extra_blob)
+                add(f"{qt.group}_extras", len(extra_blob))
         else:
             tensor = qm.passthrough[name]
             blob, enc = side_blob(tensor, params)
@@ -173,6 +177,7 @@ def group_accounting(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], 
             "ans_bytes": packed.get(f"{group}_ans"),
             "encodings": {k.rsplit("_enc_", 1)[1]: v for k, v in packed.items() if k.startswith(f"{group}_enc_")},
             "scale_bytes": packed.get(f"{group}_scales", 0),
+            "extras_bytes": packed.get(f"{group}_extras", 0),
             "brotli11_bytes": len(compress(symbols.tobytes(), "brotli", REFERENCE_BROTLI_QUALITY)) if reference_brotli else None,
             "quant_error": errors.get(group, {}),
         }

@@ -12,37 +12,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pgolf.config.quant import QuantizeParams
-from pgolf.quant.gptq import gptq, relative_output_error, relative_reconstruction_error
+from pgolf.config.quantize import QuantizeParams
+from pgolf.quant.gptq import relative_output_error, relative_reconstruction_error
 from pgolf.quant.groups import is_quantizable, tensor_group, unique_tensors
-from pgolf.quant.rtn import clip_search_scale, dequantize, qmax_for_bits, rtn, std_scale
+from pgolf.quant.lowrank import fit_lowrank
+from pgolf.quant.methods import QUANTIZERS, SCALE_RULES
+from pgolf.quant.rtn import dequantize, qmax_for_bits, rtn
+from pgolf.quant.scheme import STORAGE_DTYPES, QuantizedTensor
 
 log = logging.getLogger(__name__)
-
-STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class QuantTensor:
-    """An integer matrix ``q`` (int8, |q| <= qmax(bits)) with per-row float16 `scale` [rows]."""
-
-    name: str
-    group: str
-    bits: int
-    q: torch.Tensor
-    scale: torch.Tensor
-    dtype: str
-
-    def dequantize(self) -> torch.Tensor:
-        return dequantize(self.q, self.scale.float().unsqueeze(1)).to(STORAGE_DTYPES.get(self.dtype, torch.float32))
-
 
 @dataclass(frozen=True)
 class QuantizedModel:
     """Everything the artifact holds: model config, integer tensors, float passthroughs, ties."""
 
     model_config: dict
-    quantized: dict[str, QuantTensor]
+    quantized: dict[str, QuantizedTensor]
     passthrough: dict[str, torch.Tensor]
     dtypes: dict[str, str]
     aliases: dict[str, str] = field(default_factory=dict)
@@ -63,22 +48,14 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def row_scale(w: torch.Tensor, params: QuantizeParams, k: float, maxq: int, h: torch.Tensor | None) -> torch.Tensor:
-    """The per-row scale [rows, 1] the params ask for."""
-    if params.scale == "std":
-        return std_scale(w, k, maxq)
-    weights = None if h is None else torch.diagonal(h)
-    return clip_search_scale(w, maxq, weights, params.clip_candidates)
-
-
 def quantize_matrix(w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, bits: int, k: float) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(q int8, scale [rows, 1], method used). GPTQ needs H; without one it falls back to RTN."""
+    """(q int8, scale [rows, 1], method used). A quantizer that needs H falls back to RTN without one."""
     maxq = qmax_for_bits(bits)
-    scale = row_scale(w, params, k, maxq, h)
-    if params.method == "gptq" and h is not None:
-        q = gptq(w, h, scale, maxq, params.block_size, params.damp_frac, params.act_order)
-        return q, scale, "gptq"
-    return rtn(w, scale, maxq), scale, "rtn"
+    scale = SCALE_RULES[params.scale](w, params, k, maxq, h)
+    method = params.method
+    if QUANTIZERS[method].needs_hessian and h is None:
+        method = "rtn"
+    return QUANTIZERS[method].quantize(w, h, scale, maxq, params), scale, method
 
 
 def tensor_report(name: str, group: str, bits: int, method: str, w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, h: torch.Tensor | None, maxq: int) -> dict:
@@ -112,7 +89,7 @@ def quantize_state(
     names_of: dict[str, list[str]] = {name: [name] for name in unique}
     for alias, target in aliases.items():
         names_of[target].append(alias)
-    quantized: dict[str, QuantTensor] = {}
+    quantized: dict[str, QuantizedTensor] = {}
     passthrough: dict[str, torch.Tensor] = {}
     dtypes: dict[str, str] = {}
     report: list[dict] = []
@@ -127,8 +104,11 @@ def quantize_state(
         h = next((hessians[n] for n in names_of[name] if n in hessians), None)
         w = tensor.float()
         q, scale, method = quantize_matrix(w, h, params, spec.bits, spec.k)
-        quantized[name] = QuantTensor(name, group, spec.bits, q, scale.squeeze(1).half(), dtypes[name])
+        extras = fit_lowrank(w - dequantize(q, scale), params.lowrank_rank) if params.lowrank_rank else {}
+        quantized[name] = QuantizedTensor(name, group, spec.bits, q, scale.squeeze(1).half(), dtypes[name], extras)
         row = tensor_report(name, group, spec.bits, method, w, q, scale, h, qmax_for_bits(spec.bits))
+        if extras:
+            row["rel_output_err_with_extras"] = None if h is None else relative_output_error(w, quantized[name].dequantize().float(), h)
         report.append(row)
         log.info("quantized: %s group: %s bits: %d method: %s rel_recon_err: %.3e rel_output_err: %s", name, group, spec.bits, method, row["rel_recon_err"], row["rel_output_err"])
     return QuantizedModel(model_config, quantized, passthrough, dtypes, aliases, report)

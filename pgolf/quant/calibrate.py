@@ -20,10 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pgolf.config.quant import CalibrateParams
+from pgolf.config.calibrate import CalibrateParams
 from pgolf.data.shards import read_shard
 from pgolf.errors import DataError
 from pgolf.io import atomic_dir, read_json, write_json_atomic
+from pgolf.model.checkpoint import load_model, read_train_param
 from pgolf.quant.hessian import HessianSet, collect_hessians
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,9 @@ def load_hessians(directory: str | Path) -> HessianSet:
 
 def calibrate_stage(params: CalibrateParams, checkpoint_dir: str | Path, train_shards: list[str | Path], out_dir: str | Path, metrics_path: str | Path) -> CalibrateResult:
     """The `calibrate` stage: load the checkpoint, collect Hessians, write them and metrics."""
-    from pgolf.train.checkpoint import load_model, read_meta
-
     started = time.perf_counter()
     if params.seq_len is None:
-        seq_len = read_meta(checkpoint_dir).params.get("seq_len")
+        seq_len = read_train_param(checkpoint_dir, "seq_len")
         if not isinstance(seq_len, int):
             raise DataError(f"{checkpoint_dir}: checkpoint.json has no train seq_len; set calibrate.seq_len")
         params = params.model_copy(update={"seq_len": seq_len})

@@ -1,9 +1,9 @@
 """Input second moments ``H = sum_x x x^T`` of every linear layer, collected with forward hooks.
 
 `HessianAccumulator.add_batch` is the only numerics here (the GPTQ split: accumulate, then
-quantize). `collect_hessians` hooks each ``nn.Linear`` of a model, runs batches through it, and
-shares one accumulator between layers that receive the *same* input tensor in a forward pass
-(e.g. q/k/v projections of one attention block, or gate/up of an MLP).
+quantize). `collect_hessians` hooks each ``nn.Linear`` of a model and runs batches through it;
+every call of a layer counts (a layer reused in one forward accumulates each input), and layers
+that received the *same* inputs (q/k/v of one attention block) are stored as one group.
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ class HessianAccumulator:
     def add_batch(self, x: torch.Tensor) -> None:
         """Add the inputs `x` [..., features] (any leading shape)."""
         x = x.detach().reshape(-1, self.h.shape[0]).float()
-        self.h += (x.T @ x).double()
-        self.rows += x.shape[0]
+        self.add_product((x.T @ x).double(), x.shape[0])
+
+    def add_product(self, xtx: torch.Tensor, rows: int) -> None:
+        """Add a precomputed ``x^T x`` (float64) of `rows` input rows."""
+        self.h += xtx
+        self.rows += rows
 
 
 @dataclass(frozen=True)
@@ -50,33 +54,48 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
 
 
+def group_identical(accumulators: dict[str, HessianAccumulator]) -> dict[str, str]:
+    """Layer name -> group name: layers whose accumulated H (and row count) are bitwise equal share
+    one group, named after the first of them in `accumulators` order."""
+    group_of: dict[str, str] = {}
+    representatives: list[str] = []
+    for name, acc in accumulators.items():
+        match = next(
+            (rep for rep in representatives
+             if accumulators[rep].rows == acc.rows and accumulators[rep].h.shape == acc.h.shape and torch.equal(accumulators[rep].h, acc.h)),
+            None,
+        )
+        if match is None:
+            representatives.append(name)
+        group_of[name] = match or name
+    return group_of
+
+
 @torch.no_grad()
 def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor]) -> HessianSet:
     """Run `batches` (LongTensor [B, T] each) through `model` and accumulate each layer's H.
 
-    Sharing is decided on the first batch: layers whose hook sees the identical tensor object
-    form one group, named after the first of them to run. Later batches feed each group once.
+    Every call of a layer adds its input, so a layer applied several times per forward (depth
+    recurrence, shared blocks) accumulates all of them. ``x^T x`` is computed once per distinct
+    input tensor of a forward pass and added to every layer that received that tensor; layers
+    whose final H are identical (q/k/v of one attention block, gate/up of an MLP) are stored once,
+    as one group named after the first of them to run.
     """
     layers = linear_layers(model)
-    group_of: dict[str, str] = {}
     accumulators: dict[str, HessianAccumulator] = {}
-    first_pass_inputs: dict[int, tuple[str, torch.Tensor]] = {}
-    state = {"first": True}
+    products: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # id(x) -> (x, x^T x, rows), one forward
 
     def hook_for(name: str):
         def hook(_module: nn.Module, args: tuple) -> None:
             x = args[0]
-            if state["first"]:
-                owner = first_pass_inputs.get(id(x))
-                if owner is not None and owner[1] is x:
-                    group_of[name] = group_of[owner[0]]
-                    return
-                first_pass_inputs[id(x)] = (name, x)  # keeps x alive: ids stay unique this pass
-                group_of[name] = name
+            hit = products.get(id(x))
+            if hit is None or hit[0] is not x:
+                rows = x.detach().reshape(-1, x.shape[-1]).float()
+                hit = (x, (rows.T @ rows).double(), rows.shape[0])  # keeps x alive: ids stay unique
+                products[id(x)] = hit
+            if name not in accumulators:
                 accumulators[name] = HessianAccumulator(x.shape[-1])
-            elif group_of.get(name) != name:
-                return
-            accumulators[name].add_batch(x)
+            accumulators[name].add_product(hit[1], hit[2])
 
         return hook
 
@@ -88,14 +107,13 @@ def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor]) -> Hessi
         for batch in batches:
             model(batch)
             tokens += batch.numel()
-            if state["first"]:
-                state["first"] = False
-                first_pass_inputs.clear()
+            products.clear()
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    group_of = group_identical(accumulators)
     weight_group = {f"{name}.weight": f"{group}.weight" for name, group in group_of.items()}
-    hessians = {f"{group}.weight": acc.h.float() for group, acc in accumulators.items()}
+    hessians = {f"{name}.weight": accumulators[name].h.float() for name in dict.fromkeys(group_of.values())}
     log.info("hessians: %d layers, %d groups, tokens: %d", len(weight_group), len(hessians), tokens)
     return HessianSet(hessians=hessians, layers=weight_group, tokens=tokens)

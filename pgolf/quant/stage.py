@@ -7,15 +7,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf.config.quant import QuantizeParams
-from pgolf.io import atomic_dir, read_json, write_json_atomic
+from pgolf.config.quantize import QuantizeParams
+from pgolf.io import atomic_dir, write_json_atomic
+from pgolf.model.checkpoint import load_model, read_checkpoint_json
 from pgolf.quant.apply import quantize_state, summarize_report
 from pgolf.quant.calibrate import load_hessians
 from pgolf.quant.store import save_quantized
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_INFO = "checkpoint.json"
 
 
 @dataclass(frozen=True)
@@ -28,10 +27,8 @@ class QuantizeResult:
 
 def quantize_stage(params: QuantizeParams, checkpoint_dir: str | Path, calibrate_dir: str | Path, out_dir: str | Path, metrics_path: str | Path) -> QuantizeResult:
     """Quantize the trained weights with the Hessians of the calibrate stage."""
-    from pgolf.train.checkpoint import load_model
-
     started = time.perf_counter()
-    model_config = read_json(Path(checkpoint_dir) / CHECKPOINT_INFO, "checkpoint info")["model_config"]
+    model_config = read_checkpoint_json(checkpoint_dir)["model_config"]
     state = load_model(checkpoint_dir).state_dict()
     hs = load_hessians(calibrate_dir)
     hessians = {name: hs.hessians[group] for name, group in hs.layers.items()}

@@ -1,8 +1,9 @@
 """The `quantize` stage's output directory: quantized.safetensors + quantized.json.
 
 safetensors keys: ``q/<name>`` (int8 symbols), ``scale/<name>`` (float16 per-row scales),
-``plain/<name>`` (passthrough tensors). The JSON holds the model config, the tied-weight aliases,
-each tensor's group, bits and original dtype, and the per-tensor error report.
+``extra/<name>/<term.part>`` (each extra of a `QuantizedTensor`), ``plain/<name>`` (passthrough
+tensors). The JSON holds the model config, the tied-weight aliases, each tensor's group, bits,
+extras and original dtype, and the per-tensor error report.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from pgolf.errors import DataError
 from pgolf.io import read_json, write_json_atomic
-from pgolf.quant.apply import QuantizedModel, QuantTensor
+from pgolf.quant.apply import QuantizedModel
+from pgolf.quant.scheme import QuantizedTensor
 
 TENSORS_FILE = "quantized.safetensors"
 INFO_FILE = "quantized.json"
@@ -25,6 +27,8 @@ def save_quantized(qm: QuantizedModel, out_dir: str | Path) -> None:
     for name, qt in qm.quantized.items():
         tensors[f"q/{name}"] = qt.q.contiguous()
         tensors[f"scale/{name}"] = qt.scale.contiguous()
+        for part, tensor in qt.extras.items():
+            tensors[f"extra/{name}/{part}"] = tensor.contiguous()
     for name, tensor in qm.passthrough.items():
         tensors[f"plain/{name}"] = tensor.contiguous()
     save_file(tensors, str(out_dir / TENSORS_FILE))
@@ -32,7 +36,7 @@ def save_quantized(qm: QuantizedModel, out_dir: str | Path) -> None:
         "model_config": qm.model_config,
         "aliases": qm.aliases,
         "dtypes": qm.dtypes,
-        "quantized": {name: {"group": qt.group, "bits": qt.bits} for name, qt in qm.quantized.items()},
+        "quantized": {name: {"group": qt.group, "bits": qt.bits, "extras": list(qt.extras)} for name, qt in qm.quantized.items()},
         "order": list(qm.dtypes),
         "report": qm.report,
     }
@@ -51,7 +55,8 @@ def load_quantized(directory: str | Path) -> QuantizedModel:
         for name in info["order"]:
             if name in info["quantized"]:
                 spec = info["quantized"][name]
-                quantized[name] = QuantTensor(name, spec["group"], int(spec["bits"]), tensors[f"q/{name}"], tensors[f"scale/{name}"], info["dtypes"][name])
+                extras = {part: tensors[f"extra/{name}/{part}"] for part in spec.get("extras", [])}
+                quantized[name] = QuantizedTensor(name, spec["group"], int(spec["bits"]), tensors[f"q/{name}"], tensors[f"scale/{name}"], info["dtypes"][name], extras)
             else:
                 passthrough[name] = tensors[f"plain/{name}"]
         return QuantizedModel(info["model_config"], quantized, passthrough, info["dtypes"], info["aliases"], info["report"])

@@ -1,4 +1,6 @@
-"""Checkpoints: safetensors for tensors, JSON for everything else; no pickle anywhere.
+"""Writing and resuming checkpoints (the reader of the trained model is `pgolf.model.checkpoint`).
+
+Safetensors for tensors, JSON for everything else; no pickle anywhere.
 
 A checkpoint directory holds
   model.safetensors      the weights to use (the EMA weights when train.ema_decay > 0)
@@ -16,18 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from pgolf.errors import DataError
 from pgolf.io import atomic_dir, read_json, write_json_atomic
-from pgolf.model import GPT, build_model
+from pgolf.model.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, load_model, read_tensors, read_weights
 from pgolf.train.data import StreamPosition
 
 CHECKPOINT_FORMAT = 1
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "train_state.safetensors"
-META_FILE = "checkpoint.json"
+__all__ = ["CheckpointMeta", "load_model", "read_meta", "read_state", "read_weights", "save_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -103,33 +103,8 @@ def read_meta(directory: str | Path) -> CheckpointMeta:
     return CheckpointMeta.from_json(read_json(directory / META_FILE, "checkpoint metadata"), directory / META_FILE)
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint file not found")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise DataError(f"{path}: unreadable safetensors file ({exc})") from None
-
-
-def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    return _load_tensors(Path(directory) / MODEL_FILE)
-
-
 def read_state(directory: str | Path) -> dict[str, torch.Tensor]:
-    return _load_tensors(Path(directory) / STATE_FILE)
-
-
-def load_model(directory: str | Path) -> GPT:
-    """The trained model of a checkpoint directory (EMA weights if EMA was on), on CPU, eval mode."""
-    directory = Path(directory)
-    meta = read_meta(directory)
-    model = build_model(meta.model_config)
-    try:
-        model.load_state_dict(read_weights(directory), strict=True)
-    except RuntimeError as exc:
-        raise DataError(f"{directory / MODEL_FILE}: weights do not match checkpoint.json's model_config ({exc})") from None
-    return model.eval()
+    return read_tensors(Path(directory) / STATE_FILE)
 
 
 def fingerprint(params_json: dict[str, Any], data_files: list[Path]) -> str:

@@ -1,0 +1,16 @@
+"""Params section `calibrate`: GPTQ Hessians from training tokens (never validation)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pgolf.config.base import Section
+
+
+class CalibrateParams(Section):
+    """`calibrate`: GPTQ Hessians from the trained model run on *training* tokens only."""
+
+    batches: int = Field(16, ge=1, le=4096, description="batches of training tokens run through the model (frontier: 16)")
+    batch_seqs: int = Field(4, ge=1, le=4096, description="sequences per batch")
+    seq_len: int | None = Field(None, ge=8, le=65536, description="tokens per sequence; null = the checkpoint's train.seq_len")
+    seed: int = Field(0, ge=0, description="seed of the random window starts in the training tokens")

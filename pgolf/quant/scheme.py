@@ -1,0 +1,103 @@
+"""The quantized tensor: one typed object that quantizers produce, the quantize stage stores, the
+packer writes and the artifact loader rebuilds. Dequantization is written once, here:
+
+    W_hat = symbols * scale[:, None]  +  sum over the extras' correction terms
+
+`symbols` are int8 with |q| <= 2**(bits-1) - 1, `scale` one float16 per row. `extras` are float
+tensors keyed ``"<term>.<part>"`` (e.g. ``"lowrank.u"``); `EXTRA_TERMS` maps each term to its module's
+parts and additive correction (load side); the same module fits it (quantize side). A new kind of
+extra is one module plus its params and one line here: the container stores extras generically.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from pgolf.errors import ArtifactError
+from pgolf.quant import lowrank
+
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+EXTRA_PART = re.compile(r"^([a-z][a-z0-9_]*)\.([a-z][a-z0-9_]*)$")
+
+
+@dataclass(frozen=True)
+class ExtraTerm:
+    """A kind of extra: `correction(parts, rows, cols)` -> the float32 [rows, cols] term it adds."""
+
+    name: str
+    parts: tuple[str, ...]
+    correction: Callable[[Mapping[str, Tensor], int, int], Tensor]
+
+
+# The one registry of extras: name -> its parts and its correction (one line per kind of extra).
+EXTRA_TERMS: dict[str, ExtraTerm] = {
+    term.name: term for term in (ExtraTerm(lowrank.NAME, lowrank.PARTS, lowrank.correction),)
+}
+
+
+def qmax(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """One quantized weight matrix: integer symbols, per-row scales, optional extras."""
+
+    name: str
+    group: str
+    bits: int
+    q: Tensor  # int8 [rows, cols]
+    scale: Tensor  # float16 [rows]
+    dtype: str  # dtype of the rebuilt weight (the original's)
+    extras: Mapping[str, Tensor] = field(default_factory=dict)  # "<term>.<part>" -> float tensor
+
+    def check(self) -> None:
+        """ArtifactError unless the parts fit together (shapes, ranges, known extras)."""
+        where = f"tensor {self.name}"
+        if self.q.dtype != torch.int8 or self.q.ndim != 2:
+            raise ArtifactError(f"{where}: symbols must be a 2-D int8 tensor")
+        if not 2 <= self.bits <= 8:
+            raise ArtifactError(f"{where}: bits {self.bits} outside [2, 8]")
+        if self.q.numel() and int(self.q.abs().max()) > qmax(self.bits):
+            raise ArtifactError(f"{where}: symbols exceed +-{qmax(self.bits)} for {self.bits} bits")
+        if tuple(self.scale.shape) != (self.q.shape[0],):
+            raise ArtifactError(f"{where}: scale shape {tuple(self.scale.shape)} does not match {self.q.shape[0]} rows")
+        if not bool(torch.isfinite(self.scale).all()):
+            raise ArtifactError(f"{where}: non-finite scales")
+        for term, parts in extras_by_term(self.extras, where).items():
+            spec = EXTRA_TERMS[term]
+            if set(parts) != set(spec.parts):
+                raise ArtifactError(f"{where}: extra {term} needs parts {', '.join(spec.parts)}, got {', '.join(sorted(parts))}")
+            for part, tensor in parts.items():
+                if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+                    raise ArtifactError(f"{where}: extra {term}.{part} must be finite floats")
+
+    def dequantize(self) -> Tensor:
+        """W_hat in the original dtype (see the module docstring)."""
+        w = self.q.float() * self.scale.float().unsqueeze(1)
+        rows, cols = self.q.shape
+        for term, parts in extras_by_term(self.extras, f"tensor {self.name}").items():
+            correction = EXTRA_TERMS[term].correction(parts, rows, cols)
+            if tuple(correction.shape) != (rows, cols):
+                raise ArtifactError(f"tensor {self.name}: extra {term} gives shape {tuple(correction.shape)}, expected {(rows, cols)}")
+            w = w + correction
+        return w.to(STORAGE_DTYPES.get(self.dtype, torch.float32))
+
+
+def extras_by_term(extras: Mapping[str, Tensor], where: str) -> dict[str, dict[str, Tensor]]:
+    """{"lowrank.u": u, "lowrank.v": v} -> {"lowrank": {"u": u, "v": v}}; unknown terms are errors."""
+    out: dict[str, dict[str, Tensor]] = {}
+    for key, tensor in extras.items():
+        match = EXTRA_PART.match(key)
+        if match is None:
+            raise ArtifactError(f"{where}: extra name {key!r} is not '<term>.<part>'")
+        term, part = match.groups()
+        if term not in EXTRA_TERMS:
+            raise ArtifactError(f"{where}: unknown extra {term!r} (known: {', '.join(EXTRA_TERMS) or 'none'})")
+        out.setdefault(term, {})[part] = tensor
+    return out
