@@ -3,6 +3,10 @@
 Every accumulation round takes one contiguous chunk of `world_size * (micro_tokens + 1)` tokens
 from the shared stream and gives rank r the r-th span (as the official loader does), so the
 tokens of a step depend only on `batch_tokens` and `grad_accum_steps`, never on the world size.
+
+Given the vocabulary size, every shard is checked as it is loaded (one vectorized max/min over its
+tokens) so an out-of-vocabulary id is a DataError naming the file, not an embedding crash (a
+device-side assert on CUDA).
 """
 
 from __future__ import annotations
@@ -18,6 +22,21 @@ from pgolf.dist import DistInfo
 from pgolf.errors import DataError
 
 
+def check_token_ids(tokens: np.ndarray, vocab_size: int | None, where: Path | str) -> None:
+    """DataError naming `where`, the first id outside [0, vocab_size) and its position; no-op without a vocab."""
+    if vocab_size is None or tokens.size == 0:
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low >= 0 and high < vocab_size:
+        return
+    bad = (tokens >= vocab_size) | (tokens < 0) if low < 0 else tokens >= vocab_size
+    position = int(np.argmax(bad))
+    raise DataError(
+        f"{where}: token id {int(tokens[position])} at position {position} is outside the vocabulary of {vocab_size} "
+        f"(ids {low}..{high}; {int(np.count_nonzero(bad))} bad tokens): shards and tokenizer/vocab_size do not match"
+    )
+
+
 @dataclass(frozen=True)
 class StreamPosition:
     """Where the training stream resumes: shard index and token offset inside it."""
@@ -27,21 +46,29 @@ class StreamPosition:
 
 
 class TokenStream:
-    """Reads shards in order and wraps around forever; `position` is saved in checkpoints."""
+    """Reads shards in order and wraps around forever; `position` is saved in checkpoints.
 
-    def __init__(self, paths: list[Path], position: StreamPosition = StreamPosition()) -> None:
+    With `vocab_size`, each shard's ids are checked when it is loaded (see check_token_ids).
+    """
+
+    def __init__(self, paths: list[Path], position: StreamPosition = StreamPosition(), vocab_size: int | None = None) -> None:
         if not paths:
             raise DataError("no training shards found")
         if not all(read_header(p) > 0 for p in paths):
             raise DataError(f"{paths[0].parent}: a training shard holds no tokens")
         if not (0 <= position.shard < len(paths)):
             raise DataError(f"resume position shard {position.shard} out of range (have {len(paths)} shards)")
-        self.paths = paths
+        self.paths, self.vocab_size = paths, vocab_size
         self.shard = position.shard
-        self.tokens = read_shard(paths[self.shard])
+        self.tokens = self._load(self.shard)
         if not (0 <= position.offset <= len(self.tokens)):
             raise DataError(f"resume position offset {position.offset} out of range for {paths[self.shard].name}")
         self.offset = position.offset
+
+    def _load(self, index: int) -> np.ndarray:
+        tokens = read_shard(self.paths[index])
+        check_token_ids(tokens, self.vocab_size, self.paths[index])
+        return tokens
 
     @property
     def position(self) -> StreamPosition:
@@ -53,7 +80,7 @@ class TokenStream:
         while n > 0:
             if self.offset >= len(self.tokens):
                 self.shard = (self.shard + 1) % len(self.paths)
-                self.tokens, self.offset = read_shard(self.paths[self.shard]), 0
+                self.tokens, self.offset = self._load(self.shard), 0
             k = min(n, len(self.tokens) - self.offset)
             chunks.append(np.asarray(self.tokens[self.offset : self.offset + k], dtype=np.int64))
             self.offset += k
@@ -78,13 +105,20 @@ class DistributedBatches:
         return x.to(self.info.device, non_blocking=True), y.to(self.info.device, non_blocking=True)
 
 
-def validation_tokens(paths: list[Path], max_tokens: int, seq_len: int) -> torch.Tensor:
-    """The fixed validation subset: the first `max_tokens` tokens (0 = all), cut to whole sequences + 1."""
+def validation_tokens(paths: list[Path], max_tokens: int, seq_len: int, vocab_size: int | None = None) -> torch.Tensor:
+    """The fixed validation subset: the first `max_tokens` tokens (0 = all), cut to whole sequences + 1.
+
+    With `vocab_size`, the ids of the subset are checked (positions count from each shard's start).
+    """
     if not paths:
         raise DataError("no validation shards found")
     pieces, total = [], 0
     for path in paths:
-        tokens = np.asarray(read_shard(path), dtype=np.int64)
+        tokens = read_shard(path)
+        if max_tokens:
+            tokens = tokens[: max_tokens + 1 - total]  # only what is used (and checked) is read
+        check_token_ids(tokens, vocab_size, path)
+        tokens = np.asarray(tokens, dtype=np.int64)
         pieces.append(tokens)
         total += len(tokens)
         if max_tokens and total >= max_tokens + 1:

@@ -6,6 +6,11 @@ checkpoint to `<resume_dir>/<fingerprint>/` (outside the DVC outs, which DVC del
 With `train.resume` on, a later run with the same numerics-relevant params and the same shards
 continues from it (the DVCLive curves up to that step are kept in it too and put back, since DVC
 deletes the plots before a run); a finished run deletes it.
+
+Guards (pgolf/train/guards.py): a non-finite or exploding training loss stops the run at once,
+keeping the last good resume checkpoint; a final validation loss no better than a uniform guess
+fails the run with no checkpoint or metrics written to the outputs (the trained state is kept as a
+resume checkpoint, so turning the check off finishes without retraining).
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from tqdm import tqdm
 from pgolf.config.train import ModelParams, TrainParams
 from pgolf.data.shards import list_shards
 from pgolf.dist import DistInfo, average_gradients, barrier, broadcast_params, sum_over_ranks
-from pgolf.errors import DataError, ParamsError, PgolfError
+from pgolf.errors import DataError, ParamsError, TrainingFailed
 from pgolf.io import read_json
 from pgolf.model import GPT, count_params
 from pgolf.optim import build_optimizers, set_schedule
 from pgolf.train import checkpoint as ckpt
+from pgolf.train import guards
 from pgolf.train.curves import Curves
 from pgolf.train.data import DistributedBatches, StreamPosition, TokenStream, validation_tokens
 from pgolf.train.ema import EMA
@@ -42,13 +48,16 @@ from pgolf.train.signals import StopRequest
 log = logging.getLogger(__name__)
 
 # Keys that do not change the numbers a run produces: they stay out of the resume fingerprint.
-OPERATIONAL_KEYS = ("resume", "resume_dir", "checkpoint_every", "log_every", "val_every", "nproc", "compile", "threads")
+OPERATIONAL_KEYS = (
+    "resume", "resume_dir", "checkpoint_every", "log_every", "val_every", "nproc", "compile", "threads",
+    "diverge_warmup_steps", "diverge_rise", "diverge_ceiling", "final_val_ceiling",
+)
 CHECKPOINT_SUBDIR = "checkpoint"
 LIVE_SUBDIR = "dvclive"  # inside a resume checkpoint: the curves up to its step
 
 
-class TrainingDiverged(PgolfError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(TrainingFailed):
+    """The training loss became NaN or infinite, or exploded (see guards.divergence)."""
 
 
 @dataclass(frozen=True)
@@ -105,11 +114,14 @@ class Trainer:
         run_keys["model"] = config.model_dump(mode="json")
         self.fingerprint = ckpt.fingerprint(run_keys, train_paths + val_paths)
         self.resume_dir = Path(params.resume_dir) / self.fingerprint
+        self.vocab_size: int = config.vocab_size  # filled in from the manifest by resolve_model_config
         self.step, self.tokens_seen, self.train_seconds = 0, 0, 0.0
+        self.best_loss, self.last_loss = math.inf, math.nan  # lowest and latest training loss (guards, result)
         position = self._maybe_resume() if params.resume else StreamPosition()
         self.start_step = self.step
-        self.batches = DistributedBatches(TokenStream(train_paths, position), info, params.micro_batch_tokens, params.seq_len)
-        self.val_tokens = validation_tokens(val_paths, params.val_tokens, params.seq_len)
+        stream = TokenStream(train_paths, position, self.vocab_size)
+        self.batches = DistributedBatches(stream, info, params.micro_batch_tokens, params.seq_len)
+        self.val_tokens = validation_tokens(val_paths, params.val_tokens, params.seq_len, self.vocab_size)
         use_compile = params.compile and info.device.type == "cuda"
         self.forward: Callable[[Tensor], Tensor] = torch.compile(self.model) if use_compile else self.model
         self.autocast = autocast_for(info.device)
@@ -134,6 +146,8 @@ class Trainer:
         ckpt.load_optimizer_tensors(self.model, self.optimizers, state)
         self.step, self.tokens_seen = meta.step, meta.tokens_seen
         self.train_seconds = float(state["train_seconds"].item()) if "train_seconds" in state else 0.0
+        self.best_loss = float(state["best_train_loss"].item()) if "best_train_loss" in state else math.inf
+        self.last_loss = float(state["train_loss"].item()) if "train_loss" in state else math.nan
         log.info(f"resume: step {meta.step} from {self.resume_dir}")
         return meta.data_position
 
@@ -170,6 +184,8 @@ class Trainer:
             weights = self.ema.state_dict() if self.ema is not None else raw
             state = ckpt.optimizer_tensors(self.model, self.optimizers)
             state["train_seconds"] = torch.tensor(self.train_seconds, dtype=torch.float64)
+            state["best_train_loss"] = torch.tensor(self.best_loss, dtype=torch.float64)
+            state["train_loss"] = torch.tensor(self.last_loss, dtype=torch.float64)
             if self.ema is not None:
                 state.update({f"raw/{k}": v for k, v in raw.items()})
             meta = ckpt.CheckpointMeta(
@@ -185,11 +201,14 @@ class Trainer:
             ckpt.save_checkpoint(directory, meta, weights, state)
         barrier(self.info)
 
-    def _save_resumable(self) -> None:
+    def _save_resumable(self, raw: dict[str, Tensor] | None = None) -> None:
         """A resume checkpoint plus a copy of the curves so far (rank 0 writes)."""
-        self._save(self.resume_dir)
+        self._save(self.resume_dir, raw)
         if self.live_dir is not None and self.live_dir.is_dir():
             shutil.copytree(self.live_dir, self.resume_dir / LIVE_SUBDIR, dirs_exist_ok=True)
+
+    def _kept(self) -> str:
+        return f"the last good checkpoint is kept in {self.resume_dir}" if self.resume_dir.exists() else "no checkpoint was saved"
 
     def validate(self) -> float:
         self.model.eval()
@@ -203,7 +222,7 @@ class Trainer:
         params_count = count_params(self.model)
         log.info(f"params_count: {params_count}")
         log.info(f"fingerprint: {self.fingerprint}")
-        session_tokens, session_seconds, loss_value, stopped_by = 0, 0.0, math.nan, "iterations"
+        session_tokens, session_seconds, stopped_by = 0, 0.0, "iterations"
         bar = tqdm(total=p.iterations, initial=self.step, disable=None if info.is_main else True, mininterval=1.0, desc="train")
         with StopRequest() as stop:
             while True:
@@ -223,16 +242,21 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 step_seconds = float(sum_over_ranks(torch.tensor([dt], dtype=torch.float64, device=info.device), info)[0]) / info.world_size
                 if agreed[1] > 0:
-                    kept = f"the last good checkpoint is kept in {self.resume_dir}" if self.resume_dir.exists() else "no checkpoint was saved"
                     raise TrainingDiverged(
-                        f"non-finite training loss at step {self.step + 1}; {kept} (lower the learning rates, or set train.resume: false)"
+                        f"non-finite training loss at step {self.step + 1}; {self._kept()} (lower the learning rates, or set train.resume: false)"
                     )
+                loss_value = float(agreed[0]) / info.world_size
+                diverged = guards.divergence(
+                    loss_value, self.best_loss, self.step + 1, self.vocab_size, p.diverge_warmup_steps, p.diverge_rise, p.diverge_ceiling
+                )
+                if diverged:
+                    raise TrainingDiverged(f"{diverged}; {self._kept()} (lower the learning rates, or set train.resume: false)")
+                self.best_loss, self.last_loss = min(self.best_loss, loss_value), loss_value
                 self.step += 1
                 self.tokens_seen += p.batch_tokens
                 session_tokens += p.batch_tokens
                 session_seconds += step_seconds
                 self.train_seconds += step_seconds
-                loss_value = float(agreed[0]) / info.world_size
                 tokens_per_second = session_tokens / max(session_seconds, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
@@ -256,16 +280,26 @@ class Trainer:
         if self.ema is not None:
             self.model.load_state_dict(self.ema.state_dict(), strict=True)
         val = self.validate()
+        failure = guards.final_validation(val, self.vocab_size, p.final_val_ceiling)
+        if failure:
+            self._save_resumable(raw)  # the trained state, outside DVC's outs: no retraining to accept it
         self.curves.log(self.step, {"val/loss": val})
         self.curves.close()
         log.info(f"step: {self.step} val_loss: {val:.4f} (final{', EMA weights' if self.ema else ''})")
+        if failure:
+            accept = "the next run resumes from it" if p.resume else "with train.resume: true the next run resumes from it"
+            raise TrainingFailed(
+                f"{failure}; no checkpoint or metrics written, the trained state is kept in {self.resume_dir} (try more "
+                f"iterations or other learning rates, and check the shards' tokenizer; to keep this model set "
+                f"train.final_val_ceiling: 0, {accept})"
+            )
         self._save(self.out_dir / CHECKPOINT_SUBDIR, raw)
         if info.is_main and self.resume_dir.exists():
             shutil.rmtree(self.resume_dir)
         return TrainResult(
             steps=self.step,
             tokens_seen=self.tokens_seen,
-            train_loss=loss_value,
+            train_loss=self.last_loss,
             val_loss=val,
             tokens_per_second=session_tokens / max(session_seconds, 1e-9),
             wallclock_seconds=self.train_seconds,
