@@ -24,6 +24,3 @@ class AuditError(DataError):
 class ArtifactError(PgolfError):
     """A packed artifact is malformed, corrupt or over its byte limit."""
 
-
-class TrainingFailed(PgolfError):
-    """Training ran but its model is garbage (diverged, or no better than a uniform guess)."""

@@ -20,10 +20,11 @@ import yaml
 from pgolf.config.train import TrainParams
 from pgolf.data.shards import write_shard
 from pgolf.dist import DistInfo
-from pgolf.errors import DataError, TrainingFailed
+from pgolf.errors import DataError
 from pgolf.train import guards
 from pgolf.train.checkpoint import read_meta
 from pgolf.train.data import StreamPosition, TokenStream, check_token_ids, validation_tokens
+from pgolf.train.guards import TrainingFailed
 from pgolf.train.loop import TrainingDiverged, train
 from pgolf.train.stage import run_train_stage
 from train_helpers import VOCAB, make_shards, markov_stream, tiny_params

@@ -19,6 +19,15 @@ from __future__ import annotations
 
 import math
 
+from pgolf.errors import PgolfError
+
+
+class TrainingFailed(PgolfError):
+    """Training ran but its model is garbage (diverged, or no better than a uniform guess).
+
+    Defined here, not in pgolf.errors: that module counts in the artifact's code bytes.
+    """
+
 
 def uniform_loss(vocab_size: int) -> float:
     """Cross-entropy in nats of the uniform distribution over `vocab_size` tokens: ln V."""

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pgolf.config.train import ModelParams, TrainParams
 from pgolf.data.shards import list_shards
 from pgolf.dist import DistInfo, average_gradients, barrier, broadcast_params, sum_over_ranks
-from pgolf.errors import DataError, ParamsError, TrainingFailed
+from pgolf.errors import DataError, ParamsError
 from pgolf.io import read_json
 from pgolf.model import GPT, count_params
 from pgolf.optim import build_optimizers, set_schedule
@@ -56,7 +56,7 @@ CHECKPOINT_SUBDIR = "checkpoint"
 LIVE_SUBDIR = "dvclive"  # inside a resume checkpoint: the curves up to its step
 
 
-class TrainingDiverged(TrainingFailed):
+class TrainingDiverged(guards.TrainingFailed):
     """The training loss became NaN or infinite, or exploded (see guards.divergence)."""
 
 
@@ -288,7 +288,7 @@ class Trainer:
         log.info(f"step: {self.step} val_loss: {val:.4f} (final{', EMA weights' if self.ema else ''})")
         if failure:
             accept = "the next run resumes from it" if p.resume else "with train.resume: true the next run resumes from it"
-            raise TrainingFailed(
+            raise guards.TrainingFailed(
                 f"{failure}; no checkpoint or metrics written, the trained state is kept in {self.resume_dir} (try more "
                 f"iterations or other learning rates, and check the shards' tokenizer; to keep this model set "
                 f"train.final_val_ceiling: 0, {accept})"
