@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("pgolf.pack.cli", "add_inspect_command"),
     "unpack": ("pgolf.pack.cli", "add_unpack_command"),
     "train": ("pgolf.train.stage", "add_train_command"),
+    "summary": ("pgolf.summary", "add_summary_command"),
+    "exp": ("pgolf.exptable", "add_exp_command"),
 }
 
 
@@ -84,15 +86,19 @@ def _profile_show(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.name, args.dir)
     print(f"# {profile.path}: {profile.description}")
-    print(yaml.safe_dump(profile.overrides, sort_keys=False), end="")
+    # Plain values (the profile is read with yaml.safe_load); leaf lists and maps stay inline.
+    print(yaml.safe_dump(profile.overrides, sort_keys=False, default_flow_style=None, width=100), end="")
     return 0
 
 
 def _profile_apply(args: argparse.Namespace) -> int:
     from pgolf.profiles import apply_profile
 
-    profile = apply_profile(args.name, args.params, args.dir)
-    print(f"{args.params}: applied profile {profile.name} ({profile.path})")
+    profile, changed = apply_profile(args.name, args.params, args.dir)
+    if changed:
+        print(f"{args.params}: applied profile {profile.name} ({profile.path}): {len(changed)} values changed")
+    else:
+        print(f"{args.params}: profile {profile.name} ({profile.path}) already applied: nothing changed")
     return 0
 
 
@@ -104,7 +110,7 @@ def add_profile_command(sub: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="the overrides a profile makes")
     show.add_argument("name")
     show.set_defaults(func=_profile_show)
-    apply = actions.add_parser("apply", help="merge a profile into params.yaml (validated first; comments kept)")
+    apply = actions.add_parser("apply", help="merge a profile into params.yaml (validated first; only changed lines are rewritten)")
     apply.add_argument("name")
     apply.add_argument("--params", default="params.yaml", help="params file to rewrite (default: params.yaml)")
     apply.set_defaults(func=_profile_apply)

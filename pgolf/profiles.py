@@ -2,22 +2,25 @@
 
 A profile is a YAML file whose top-level keys are params sections and whose leaves override the
 values in params.yaml (nested mappings merge; lists and scalars replace). Its leading comment block
-is its documentation. `apply_profile` rewrites params.yaml in place, keeping its comments and key
-order, and refuses to write anything unless the merged result validates.
+is its documentation. `apply_profile` edits params.yaml in place line by line
+(`pgolf.yamledit`): only the lines of values that change are rewritten; comments, flow lists,
+`null`s and key order stay as they are. It writes nothing unless the merged result validates, the
+edit re-parses to exactly the merged mapping, and no DVC command is running in the repository.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
+import yaml
 
-from pgolf.config import SECTIONS, validate_section
+from pgolf.config.sections import SECTIONS, validate_section
+from pgolf.dvclock import refuse_if_busy
 from pgolf.errors import ParamsError
 from pgolf.io import write_bytes_atomic
+from pgolf.yamledit import edit_yaml
 
 PROFILES_DIR = Path("profiles")
 
@@ -28,13 +31,6 @@ class Profile:
     path: Path
     description: str
     overrides: dict[str, Any]
-
-
-def _yaml() -> YAML:
-    yaml = YAML()  # round-trip mode: comments and key order survive
-    yaml.preserve_quotes = True
-    yaml.width = 100
-    return yaml
 
 
 def _description(text: str) -> str:
@@ -54,13 +50,16 @@ def load_profile(name: str, directory: str | Path = PROFILES_DIR) -> Profile:
         known = ", ".join(p.name for p in list_profiles(directory)) or "none"
         raise ParamsError(f"profile {name!r}: no file {path} (known: {known})")
     text = path.read_text(encoding="utf-8")
-    data = _yaml().load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: a profile must be a mapping of params sections")
     for key in data:
         if key not in SECTIONS:
             raise ParamsError(f"{path}: {key}: unknown section (known: {', '.join(SECTIONS)})")
-    return Profile(name=name, path=path, description=_description(text), overrides=_plain(data))
+    return Profile(name=name, path=path, description=_description(text), overrides=data)
 
 
 def list_profiles(directory: str | Path = PROFILES_DIR) -> list[Profile]:
@@ -68,15 +67,6 @@ def list_profiles(directory: str | Path = PROFILES_DIR) -> list[Profile]:
     if not directory.is_dir():
         return []
     return [load_profile(p.stem, directory) for p in sorted(directory.glob("*.yaml"))]
-
-
-def _plain(node: Any) -> Any:
-    """ruamel's commented containers -> plain dicts and lists."""
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
 
 
 def merge(base: Any, overrides: Any) -> Any:
@@ -91,17 +81,26 @@ def merge(base: Any, overrides: Any) -> Any:
     return base
 
 
-def apply_profile(name: str, params_path: str | Path = "params.yaml", directory: str | Path = PROFILES_DIR) -> Profile:
-    """Merge profile `name` into params.yaml; validate every section before writing anything."""
+def apply_profile(
+    name: str, params_path: str | Path = "params.yaml", directory: str | Path = PROFILES_DIR
+) -> tuple[Profile, list[str]]:
+    """Merge profile `name` into params.yaml; returns the profile and the dotted keys it changed.
+
+    Validates every merged section and checks that no DVC command is running before writing;
+    on any failure the file is left untouched.
+    """
     profile = load_profile(name, directory)
     params_path = Path(params_path)
-    yaml = _yaml()
+    refuse_if_busy(params_path, "changed")
     try:
-        document = yaml.load(params_path.read_text(encoding="utf-8")) or {}
+        text = params_path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{params_path}: file not found") from None
-    merge(document, profile.overrides)
-    merged = _plain(document)
+    try:
+        current = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{params_path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    merged = merge(current, profile.overrides)
     problems = []
     for section, model in SECTIONS.items():
         try:
@@ -110,7 +109,7 @@ def apply_profile(name: str, params_path: str | Path = "params.yaml", directory:
             problems.append(str(exc))
     if problems:
         raise ParamsError(f"profile {name!r} does not validate:\n" + "\n".join(problems))
-    buffer = io.StringIO()
-    yaml.dump(document, buffer)
-    write_bytes_atomic(params_path, buffer.getvalue().encode("utf-8"))
-    return profile
+    new_text, changed = edit_yaml(text, profile.overrides, str(params_path))
+    if changed:
+        write_bytes_atomic(params_path, new_text.encode("utf-8"))
+    return profile, changed

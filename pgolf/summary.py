@@ -1,0 +1,218 @@
+"""`pgolf summary`: the run's key numbers on one screen, from metrics/*.json.
+
+`dvc metrics show` prints every key of every metrics file (150+ columns wide); this reads the same
+files and prints what decides a submission: val_bpb per evaluation method, the quantization gap,
+bytes against the limit, the training run, each stage's time and, with several seeds, their mean
+and standard deviation. A metrics file that does not exist is reported as "not run"; a malformed
+one as "unreadable"; neither stops the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import textwrap
+from pathlib import Path
+from typing import Any
+
+WIDTH = 100
+FILES = ("audit", "train", "calibrate", "quantize", "pack", "eval_sliding", "eval_ttt", "aggregate")
+DEFAULT_LIMIT = 16_000_000
+
+
+def _load(path: Path) -> tuple[dict, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, "not run"
+    except (OSError, ValueError) as exc:
+        return {}, f"unreadable ({type(exc).__name__})"
+    if not isinstance(data, dict):
+        return {}, "unreadable (not a JSON object)"
+    return data, "ok"
+
+
+def _num(data: dict, key: str) -> float | int | None:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _seed_stats(aggregate: dict, method: str) -> dict | None:
+    block = aggregate.get(method)
+    if not isinstance(block, dict):
+        return None
+    values = [v for v in block.get("val_bpb") or [] if isinstance(v, (int, float))]
+    welch = block.get("welch") if isinstance(block.get("welch"), dict) else {}
+    return {
+        "values": values,
+        "mean": _num(block, "mean_bpb"),
+        "std": _num(block, "std_bpb"),
+        "n": block.get("n", len(values)),
+        "delta_bpb": _num(block, "delta_bpb"),
+        "delta_nats_per_token": _num(block, "delta_nats_per_token"),
+        "p_value": _num(welch, "p_value"),
+        "record_claim_holds": block.get("record_claim_holds"),
+    }
+
+
+def collect(metrics_dir: str | Path = "metrics") -> dict[str, Any]:
+    """The summary as plain data (what `--json` prints)."""
+    metrics_dir = Path(metrics_dir)
+    loaded = {name: _load(metrics_dir / f"{name}.json") for name in FILES}
+    m = {name: data for name, (data, _) in loaded.items()}
+    sliding, ttt, pack, train = m["eval_sliding"], m["eval_ttt"], m["pack"], m["train"]
+    total, limit = _num(pack, "bytes_total"), _num(pack, "limit_bytes")
+    if limit is None and total is not None:
+        limit = DEFAULT_LIMIT
+    aggregate = m["aggregate"]
+    seeds = aggregate.get("seeds") if isinstance(aggregate.get("seeds"), list) else None
+    reference = aggregate.get("reference") if isinstance(aggregate.get("reference"), dict) else {}
+    return {
+        "metrics_dir": str(metrics_dir),
+        "files": {f"{name}.json": status for name, (_, status) in loaded.items()},
+        "val_bpb": {
+            "sliding": _num(sliding, "val_bpb"),
+            "ttt": _num(ttt, "val_bpb"),
+            "ttt_no_ttt": _num(ttt, "val_bpb_no_ttt"),
+        },
+        "ttt_gain_bpb": _num(ttt, "ttt_gain_bpb"),
+        "quantization_gap": {"sliding": _num(sliding, "quantization_gap"), "ttt": _num(ttt, "quantization_gap")},
+        "val_loss": {"sliding": _num(sliding, "val_loss"), "ttt": _num(ttt, "val_loss"), "train": _num(train, "val_loss")},
+        "ttt_legality_passed": (ttt.get("legality") or {}).get("passed") if isinstance(ttt.get("legality"), dict) else None,
+        "bytes": {
+            "total": total,
+            "model": _num(pack, "bytes_model"),
+            "code": _num(pack, "bytes_code"),
+            "limit": limit,
+            "headroom": None if total is None or limit is None else limit - total,
+            "compressor": pack.get("compressor"),
+        },
+        "train": {
+            "steps": _num(train, "steps"),
+            "tokens_seen": _num(train, "tokens_seen"),
+            "tokens_per_second": _num(train, "tokens_per_second"),
+            "wallclock_seconds": _num(train, "wallclock_seconds"),
+            "train_loss": _num(train, "train_loss"),
+            "params_count": _num(train, "params_count"),
+            "stopped_by": train.get("stopped_by"),
+        },
+        "validation": {
+            "tokens": _num(m["audit"], "val_tokens"),
+            "bytes": _num(m["audit"], "val_bytes"),
+            "bytes_per_token": _num(m["audit"], "bytes_per_token"),
+        },
+        "stage_seconds": {
+            "train": _num(train, "wallclock_seconds"),
+            "calibrate": _num(m["calibrate"], "calibrate_time_s"),
+            "quantize": _num(m["quantize"], "quantize_time_s"),
+            "eval_sliding": _num(sliding, "seconds"),
+            "eval_ttt": _num(ttt, "seconds"),
+        },
+        "seeds": None if not aggregate else {
+            "seeds": seeds,
+            "sliding": _seed_stats(aggregate, "sliding"),
+            "ttt": _seed_stats(aggregate, "ttt"),
+            "reference": {"name": reference.get("name"), "mean_bpb": _num(reference, "mean_bpb")},
+        },
+    }
+
+
+# ---------------------------------------------------------------- text
+
+
+def _f(value: Any, digits: int = 4, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def render(summary: dict) -> str:
+    s = summary
+    bpb, gap, loss, b, t = s["val_bpb"], s["quantization_gap"], s["val_loss"], s["bytes"], s["train"]
+    rows = [
+        ("val_bpb", f"sliding {_f(bpb['sliding'])}   ttt {_f(bpb['ttt'])}   "
+                    f"(no ttt {_f(bpb['ttt_no_ttt'])}, gain {_f(s['ttt_gain_bpb'])})"),
+        ("quant gap", f"sliding {_f(gap['sliding'], sign=True)}   ttt {_f(gap['ttt'], sign=True)}   (artifact - checkpoint bpb)"),
+        ("val_loss", f"sliding {_f(loss['sliding'])}   ttt {_f(loss['ttt'])}   train-end {_f(loss['train'])} nats/token"),
+    ]
+    if b["total"] is not None and b["limit"]:
+        share = 100.0 * b["total"] / b["limit"]
+        verdict = "fits" if b["headroom"] >= 0 else "OVER THE LIMIT"
+        rows.append(("bytes_total", f"{_f(b['total'])} of {_f(b['limit'])} ({share:.2f}%, {verdict}; "
+                                    f"headroom {_f(b['headroom'])})"))
+    else:
+        rows.append(("bytes_total", "-"))
+    rows.append(("", f"model {_f(b['model'])} + code {_f(b['code'])}" + (f"   (compressor {b['compressor']})" if b["compressor"] else "")))
+    tps = None if t["tokens_per_second"] is None else round(t["tokens_per_second"])
+    rows.append(("train", f"{_f(t['steps'])} steps, {_f(t['tokens_seen'])} tokens, {_f(tps)} tokens/s, "
+                          f"{_seconds(t['wallclock_seconds'])}" + (f", stopped by {t['stopped_by']}" if t["stopped_by"] else "")
+))
+    v = s["validation"]
+    if v["tokens"] is not None:
+        rows.append(("validation", f"{_f(v['tokens'])} tokens, {_f(v['bytes'])} bytes ({_f(v['bytes_per_token'], 3)} bytes/token)"))
+    times = [f"{name} {_seconds(sec)}" for name, sec in s["stage_seconds"].items() if sec is not None]
+    rows.append(("stage times", ", ".join(times) if times else "-"))
+    rows += _seed_rows(s["seeds"])
+    not_run = [name for name, status in s["files"].items() if status == "not run"]
+    if not_run:
+        rows.append(("not run", ", ".join(not_run) + " (no such file; `-` above)"))
+    unreadable = [f"{name} {status[len('unreadable '):]}" for name, status in s["files"].items() if status.startswith("unreadable")]
+    if unreadable:
+        rows.append(("unreadable", ", ".join(unreadable)))
+    width = max(len(label) for label, _ in rows)
+    lines = [f"pgolf summary of {s['metrics_dir']}/"]
+    for label, text in rows:
+        pad = " " * (width + 4)
+        lines += textwrap.wrap(text, WIDTH, initial_indent=f"  {label:<{width}}  ", subsequent_indent=pad,
+                               break_on_hyphens=False) or [f"  {label}"]
+    return "\n".join(lines) + "\n"
+
+
+def _seed_rows(seeds: dict | None) -> list[tuple[str, str]]:
+    if not seeds:
+        return [("seeds", "-")]
+    rows = []
+    names = seeds.get("seeds") or []
+    for method in ("sliding", "ttt"):
+        st = seeds.get(method)
+        if not st:
+            continue
+        spread = f" +- {_f(st['std'])}" if st["std"] is not None else " (one seed: no std)"
+        label = f"seeds ({len(names)})" if not rows else ""
+        rows.append((label, f"{method:<7} {_f(st['mean'])}{spread}  n={st['n']}"))
+    ref = seeds.get("reference") or {}
+    st = seeds.get("sliding") or {}
+    if ref.get("mean_bpb") is not None and st.get("delta_bpb") is not None:
+        claim = {True: "holds", False: "no", None: "-"}[st.get("record_claim_holds")]
+        p = f", p {st['p_value']:.3g}" if st.get("p_value") is not None else ""
+        rows.append(("", f"vs {ref.get('name') or 'reference'} {_f(ref['mean_bpb'])}: {_f(st['delta_bpb'], sign=True)} bpb "
+                         f"sliding{p}; record claim: {claim}"))
+    if names:
+        rows.insert(0, ("seeds", ", ".join(str(x) for x in names)))
+        rows[1] = ("", rows[1][1])
+    return rows
+
+
+def _summary(args: argparse.Namespace) -> int:
+    summary = collect(args.metrics)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(render(summary), end="")
+    return 0
+
+
+def add_summary_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("summary", help="the run's key numbers on one screen (from metrics/*.json)")
+    parser.add_argument("--metrics", default="metrics", help="directory of the metrics files (default: metrics)")
+    parser.add_argument("--json", action="store_true", help="the same numbers as one JSON object")
+    parser.set_defaults(func=_summary)

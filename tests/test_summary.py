@@ -1,0 +1,85 @@
+"""`pgolf summary`: the key numbers of a run from metrics/*.json, on the committed default run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pgolf.cli import main
+from pgolf.summary import collect, render
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = REPO / "metrics"
+
+
+def _read(name: str) -> dict:
+    return json.loads((METRICS / name).read_text())
+
+
+def test_summary_of_the_committed_run_matches_its_files():
+    s = collect(METRICS)
+    sliding, ttt, pack, train = _read("eval_sliding.json"), _read("eval_ttt.json"), _read("pack.json"), _read("train.json")
+    assert all(status == "ok" for status in s["files"].values())
+    assert s["val_bpb"] == {"sliding": sliding["val_bpb"], "ttt": ttt["val_bpb"], "ttt_no_ttt": ttt["val_bpb_no_ttt"]}
+    assert s["quantization_gap"] == {"sliding": sliding["quantization_gap"], "ttt": ttt["quantization_gap"]}
+    assert s["bytes"]["total"] == pack["bytes_total"] == s["bytes"]["model"] + s["bytes"]["code"]
+    assert s["bytes"]["headroom"] == pack["limit_bytes"] - pack["bytes_total"]
+    assert s["train"]["steps"] == train["steps"] and s["stage_seconds"]["train"] == train["wallclock_seconds"]
+    assert s["stage_seconds"]["calibrate"] == _read("calibrate.json")["calibrate_time_s"]
+    assert s["stage_seconds"]["quantize"] == _read("quantize.json")["quantize_time_s"]
+    assert s["stage_seconds"]["eval_ttt"] == ttt["seconds"]
+    assert s["seeds"]["seeds"] == _read("aggregate.json")["seeds"]
+
+
+def test_summary_text_fits_one_screen(capsys):
+    assert main(["summary", "--metrics", str(METRICS)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 100
+    sliding, ttt, pack = _read("eval_sliding.json"), _read("eval_ttt.json"), _read("pack.json")
+    assert f"sliding {sliding['val_bpb']:.4f}" in out and f"ttt {ttt['val_bpb']:.4f}" in out
+    assert f"{pack['bytes_total']:,} of {pack['limit_bytes']:,}" in out
+    assert f"headroom {pack['limit_bytes'] - pack['bytes_total']:,}" in out
+    assert "not run" not in out
+
+
+def test_summary_json(capsys):
+    assert main(["summary", "--metrics", str(METRICS), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(collect(METRICS)))
+
+
+def test_missing_and_broken_files_are_reported_not_fatal(tmp_path, capsys):
+    assert main(["summary", "--metrics", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "not run      audit.json, train.json," in out and "aggregate.json (no such file" in out
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(METRICS / "pack.json", partial)
+    (partial / "eval_ttt.json").write_text("{not json")
+    (partial / "train.json").write_text(json.dumps({"steps": "many", "val_loss": float("nan")}))
+    s = collect(partial)
+    assert s["files"]["eval_ttt.json"].startswith("unreadable") and s["files"]["eval_sliding.json"] == "not run"
+    assert s["bytes"]["total"] == _read("pack.json")["bytes_total"]
+    assert s["train"]["steps"] is None and s["val_loss"]["train"] is None
+    text = render(s)
+    assert "unreadable   eval_ttt.json (JSONDecodeError)" in text and f"{_read('pack.json')['bytes_total']:,}" in text
+
+
+@pytest.mark.parametrize("over", [False, True])
+def test_bytes_verdict_and_seed_spread(tmp_path, over):
+    metrics = tmp_path / "m"
+    metrics.mkdir()
+    pack = {"bytes_model": 15_990_000, "bytes_code": 30_000 if over else 5_000, "limit_bytes": 16_000_000}
+    pack["bytes_total"] = pack["bytes_model"] + pack["bytes_code"]
+    (metrics / "pack.json").write_text(json.dumps(pack))
+    aggregate = _read("aggregate.json")
+    aggregate["seeds"] = [1337, 1338, 1339]
+    aggregate["sliding"].update(val_bpb=[1.20, 1.21, 1.22], mean_bpb=1.21, std_bpb=0.01, n=3,
+                                welch={"t": -3.0, "dof": 3.5, "p_value": 0.02})
+    (metrics / "aggregate.json").write_text(json.dumps(aggregate))
+    text = render(collect(metrics))
+    assert ("OVER THE LIMIT; headroom -20,000" in text) if over else ("fits; headroom 5,000" in text)
+    assert "1337, 1338, 1339" in text and "sliding 1.2100 +- 0.0100  n=3" in text and "p 0.02" in text
