@@ -3,6 +3,11 @@
 `dvc plots show` normally loads vega from a CDN, which leaves a blank page without a network.
 `write_offline_template` inlines vega, vega-lite and vega-embed (shipped as plain JS files by the
 pinned `django-js-lib-vega-embed` wheel) into a template that `.dvc/config` points at.
+
+val_bpb per evaluation method differs by hundredths of a bit, so it is drawn as dots on an axis
+spanning the data (a bar chart must start at 0 and hides the differences): in the PNG here and in
+the vega template `templates/eval_bpb.json` that `dvc plots show` uses. Curves carry markers, so a
+curve with one point (the final val_loss of a short run) is still visible.
 """
 
 from __future__ import annotations
@@ -65,36 +70,92 @@ def read_curve(tsv_path: str | Path) -> tuple[list[float], list[float], str]:
     return [float(r["step"]) for r in rows], [float(r[name]) for r in rows], name
 
 
-def write_curves_png(
-    tsv_paths: Iterable[str | Path], out_png: str | Path, title: str = "training", labels: Iterable[str] | None = None
-) -> Path:
-    """One panel per curve, against step, as a PNG (matplotlib's Agg backend: no display needed)."""
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+    finally:
+        _pyplot().close(fig)
+    tmp.replace(out_png)
+    return out_png
+
+
+def curves_figure(tsv_paths: Iterable[str | Path], title: str = "training", labels: Iterable[str] | None = None):
+    """One panel per curve, against step, each point marked when the curve is short."""
     tsv_paths = list(tsv_paths)
     names = list(labels) if labels is not None else [None] * len(tsv_paths)
     curves = [(s, v, label or name) for p, label in zip(tsv_paths, names) for s, v, name in [read_curve(p)]]
     curves = [c for c in curves if c[0]]
     if not curves:
         raise DataError("no curve has any point to draw")
-    fig, axes = plt.subplots(len(curves), 1, figsize=(7, 2.6 * len(curves)), sharex=True, squeeze=False)
+    fig, axes = _pyplot().subplots(len(curves), 1, figsize=(7, 2.6 * len(curves)), sharex=True, squeeze=False)
     for ax, (steps, values, name) in zip(axes[:, 0], curves):
-        ax.plot(steps, values, lw=1.2)
+        ax.plot(steps, values, lw=1.2, marker="o", ms=_marker_size(len(steps)))
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(title)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_png)
-    return out_png
+    return fig
+
+
+def write_curves_png(
+    tsv_paths: Iterable[str | Path], out_png: str | Path, title: str = "training", labels: Iterable[str] | None = None
+) -> Path:
+    """`curves_figure` as a PNG."""
+    return _save(curves_figure(tsv_paths, title, labels), out_png)
+
+
+def _marker_size(points: int) -> float:
+    """Markers that show every point of a short curve and stay out of the way on a long one."""
+    if points <= 1:
+        return 6.0
+    return 4.0 if points <= 60 else 0.0
+
+
+def zoomed_limits(values: list[float], pad_fraction: float = 0.15, min_span: float = 0.002) -> tuple[float, float]:
+    """Axis limits around `values` (not from 0): the data's span plus a margin on each side."""
+    if not values:
+        raise DataError("no values to draw")
+    low, high = min(values), max(values)
+    span = max(high - low, min_span)
+    pad = span * pad_fraction
+    return low - pad, high + pad + span * 0.12  # room on the right for the value labels
+
+
+def bpb_figure(rows: list[dict], title: str = "val_bpb by evaluation method"):
+    """A dot per method on an axis zoomed to the data, each labelled with its value (lower is better)."""
+    values = [float(r["val_bpb"]) for r in rows]
+    labels = [str(r["method"]) for r in rows]
+    fig, ax = _pyplot().subplots(figsize=(8, 0.5 * len(rows) + 1.4))
+    ys = list(range(len(rows)))[::-1]
+    ax.scatter(values, ys, s=45, zorder=3)
+    for x, y in zip(values, ys):
+        ax.annotate(f"{x:.4f}", (x, y), xytext=(7, 0), textcoords="offset points", va="center", fontsize=9)
+    ax.set_yticks(ys, labels)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlim(*zoomed_limits(values))
+    ax.set_xlabel("val_bpb (axis zoomed to the data; lower is better)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def write_bpb_png(rows: list[dict], out_png: str | Path) -> Path:
+    """`bpb_figure` as a PNG."""
+    return _save(bpb_figure(rows), out_png)
 
 
 def write_bpb_table(rows: list[dict], out_json: str | Path) -> Path:
@@ -125,6 +186,8 @@ def write_report(live_dir: str | Path, metrics_dir: str | Path, out_dir: str | P
         {"method": "TTT, artifact", "val_bpb": read_metric(metrics_dir / "eval_ttt.json", "val_bpb")},
     ]
     table = write_bpb_table(rows, out_dir / "eval_bpb.json")
+    bpb_png = write_bpb_png(rows, out_dir / "eval_bpb.png")
     log.info("train_curve_png: %s", png)
     log.info("eval_bpb_table: %s", table)
-    return {"train_curve_png": str(png), "eval_bpb": rows}
+    log.info("eval_bpb_png: %s", bpb_png)
+    return {"train_curve_png": str(png), "eval_bpb_png": str(bpb_png), "eval_bpb": rows}

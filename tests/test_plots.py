@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
 from pgolf.errors import DataError
-from pgolf.plots import offline_template, read_curve, write_report
+from pgolf.plots import bpb_figure, curves_figure, offline_template, read_curve, write_report, zoomed_limits
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "templates" / "eval_bpb.json"
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,6 +47,7 @@ def _metrics(tmp_path):
 def test_report_writes_png_and_table(tmp_path):
     result = write_report(_live(tmp_path), _metrics(tmp_path), tmp_path / "out")
     assert (tmp_path / "out" / "train_curve.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "out" / "eval_bpb.png").read_bytes()[:8] == PNG_MAGIC
     table = json.loads((tmp_path / "out" / "eval_bpb.json").read_text())
     assert table == result["eval_bpb"]
     assert [row["val_bpb"] for row in table] == [1.75, 2.0, 2.1, 1.9]
@@ -58,3 +66,59 @@ def test_report_errors_are_clear(tmp_path):
         metrics.mkdir()
         (metrics / "eval_sliding.json").write_text(json.dumps({"val_bpb": 2.0, "quantization_gap": 0.1}))
         write_report(live, metrics, tmp_path / "out2")
+
+
+def test_curves_mark_their_points_so_a_single_point_shows(tmp_path):
+    one = tmp_path / "loss.tsv"
+    one.write_text("timestamp\tstep\tloss\n1\t12\t4.05\n")
+    long = tmp_path / "lr.tsv"
+    long.write_text("timestamp\tstep\tlr\n" + "".join(f"1\t{i}\t{1 - i / 300}\n" for i in range(300)))
+    fig = curves_figure([one, long])
+    (single,), (dense,) = (ax.get_lines() for ax in fig.axes)
+    assert single.get_marker() == "o" and single.get_markersize() >= 4
+    assert dense.get_markersize() == 0  # 300 points: the line alone
+
+
+def _committed_rows():
+    return json.loads((REPO / "metrics" / "plots" / "eval_bpb.json").read_text())
+
+
+def test_bpb_png_axis_is_zoomed_to_the_data():
+    rows = _committed_rows()
+    values = [r["val_bpb"] for r in rows]
+    low, high = bpb_figure(rows).axes[0].get_xlim()
+    assert low <= min(values) and high >= max(values)
+    # The axis spans the data, not 0..max: the methods' spread fills a good part of it.
+    assert (max(values) - min(values)) / (high - low) > 0.5
+    assert zoomed_limits([1.0, 1.0])[0] < 1.0 < zoomed_limits([1.0, 1.0])[1]
+
+
+def _filled_template(rows):
+    """The vega-lite spec DVC makes from templates/eval_bpb.json (DVC's own renderer)."""
+    from dvc_render.vega import VegaRenderer
+    from dvc_render.vega_templates import get_template
+
+    points = [dict(row, rev="workspace") for row in rows]
+    props = {"x": "val_bpb", "y": "method", "title": "val_bpb by evaluation method", "template": get_template(str(TEMPLATE))}
+    return VegaRenderer(points, "metrics/plots/eval_bpb.json", **props).get_filled_template()
+
+
+def test_vega_template_draws_dots_on_a_zoomed_axis(tmp_path):
+    rows = _committed_rows()
+    spec = _filled_template(rows)
+    assert spec["encoding"]["x"]["field"] == "val_bpb" and spec["encoding"]["x"]["scale"]["zero"] is False
+    assert spec["layer"][0]["mark"]["type"] == "point"
+    assert [v["val_bpb"] for v in spec["data"]["values"]] == [r["val_bpb"] for r in rows]
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node not installed: the vega render check needs it")
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    vega_dir = resources.files("js_lib_vega_embed").joinpath("static", "js_lib_vega_embed")
+    proc = subprocess.run([node, str(REPO / "tests" / "fixtures" / "vega_render.js"), str(vega_dir), str(tmp_path / "spec.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rendered = json.loads(proc.stdout.strip().splitlines()[-1])
+    values = [r["val_bpb"] for r in rows]
+    low, high = rendered["domain"]
+    assert rendered["symbols"] == len(rows)
+    assert low > 0.9 * min(values) and high < 1.1 * max(values), rendered  # not from 0 like a bar chart
