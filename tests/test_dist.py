@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 from safetensors.torch import load_file
 
 from pgolf.dist import DistInfo, init_dist, join_group, shutdown
+from pgolf.procs import descendants, proc_info
 from pgolf.train.loop import train
+from pgolf.train.stage import run_train_stage
 from train_helpers import make_shards, tiny_params
 
 torch.set_num_threads(1)
+STAGE = Path(__file__).resolve().parents[1] / "stages" / "train.py"
 STEPS = 6
 TOLERANCE = 1e-5
 
@@ -49,3 +54,26 @@ def test_dist_two_gloo_processes_equal_one_process_with_double_accumulation(tmp_
 def test_dist_single_process_without_torchrun():
     info = init_dist("cpu")
     assert (info.rank, info.world_size, info.backend, info.distributed, info.is_main) == (0, 1, None, False, True)
+
+
+def test_dist_run_train_stage_with_nproc_2_runs_torchrun_as_a_child_and_returns(tmp_path):
+    """In this process (as the aggregate stage calls it): torchrun runs 2 gloo workers as a child,
+    the call returns the result (read back from the metrics) and leaves no process behind.
+    (A worker's failure as a one-line PgolfError: tests/test_kill.py.)"""
+    shards = make_shards(tmp_path / "shards")
+    params = tiny_params(tmp_path, iterations=STEPS, grad_accum_steps=2, nproc=2, threads=1, resume=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump(mode="json")}))
+    paths = ["--shards", str(shards), "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"), "--live", str(tmp_path / "live")]
+    argv = [str(STAGE), "--params", str(tmp_path / "params.yaml"), *paths]
+    result = run_train_stage(params, shards, tmp_path / "out", tmp_path / "m.json", tmp_path / "live", argv=argv)
+    assert result is not None and result.steps == STEPS and result.metrics() == json.loads((tmp_path / "m.json").read_text())
+    assert (tmp_path / "out" / "checkpoint" / "model.safetensors").is_file()
+    left = [_cmdline(pid) for pid in descendants(os.getpid()) if (info := proc_info(pid)) and info.state != "Z"]
+    assert not [cmd for cmd in left if str(STAGE) in cmd]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

@@ -1,18 +1,34 @@
-"""The `train` stage and the `pgolf train` command: launch (torchrun when nproc > 1), train, write
-the checkpoint under `out/checkpoint`, `metrics/train.json` and the DVCLive curves."""
+"""The `train` stage and the `pgolf train` command: train (with nproc > 1, by launching torchrun as a
+supervised child), write the checkpoint under `out/checkpoint`, `metrics/train.json` and the
+DVCLive curves.
+
+Stopping: SIGINT/SIGTERM, or the death of this process's parent (DVC killed), make the run save a
+resumable checkpoint and exit 130; under torchrun every worker does, and none outlives the stage.
+torch is imported only where training happens, so a launching process stays light.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import fields
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pgolf.config.train import TrainParams
-from pgolf.dist import init_dist, launched_by_torchrun, relaunch_under_torchrun, shutdown
-from pgolf.io import write_json_atomic
-from pgolf.train.loop import TrainResult, train
+from pgolf.dist import (
+    init_dist,
+    launched_by_torchrun,
+    record_worker_error,
+    run_torchrun,
+    shutdown,
+    watch_parent,
+    worker_stops_quietly,
+)
+from pgolf.io import read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from pgolf.train.loop import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +46,29 @@ def run_train_stage(
     live: Path | None = DEFAULT_LIVE,
     argv: list[str] | None = None,
 ) -> TrainResult | None:
-    """Run the stage in this process, or (nproc > 1, not yet under torchrun) re-exec under torchrun
-    with `argv` (the script and its arguments). Returns the result on rank 0, None elsewhere."""
+    """Run the stage. In this process, or (nproc > 1, not yet under torchrun) in `nproc` workers
+    that torchrun starts with `argv` (the script and its arguments), waiting for them.
+
+    Returns the result (read back from `metrics` after torchrun), None on ranks other than 0.
+    KeyboardInterrupt when stopped, after the resumable checkpoint is saved.
+    """
     if params.nproc > 1 and not launched_by_torchrun():
         if argv is None:
-            raise ValueError("nproc > 1 needs the command line to relaunch under torchrun")
-        relaunch_under_torchrun(params.nproc, argv)
+            raise ValueError("nproc > 1 needs the command line that torchrun runs in each worker")
+        run_torchrun(params.nproc, argv)
+        return _result_from(metrics)
+    with watch_parent():
+        if launched_by_torchrun():
+            with worker_stops_quietly():
+                return _train_here(params, shards, out, metrics, live)
+        return _train_here(params, shards, out, metrics, live)
+
+
+def _train_here(params: TrainParams, shards: Path, out: Path, metrics: Path, live: Path | None) -> TrainResult | None:
+    import torch
+
+    from pgolf.train.loop import train
+
     if params.threads:
         torch.set_num_threads(params.threads)
     info = init_dist(params.device)
@@ -48,8 +81,18 @@ def run_train_stage(
             write_json_atomic(metrics, result.metrics())
             log.info(f"val_loss: {result.val_loss:.4f} steps: {result.steps} wallclock_seconds: {result.wallclock_seconds:.1f}")
         return result if info.is_main else None
+    except Exception as exc:
+        record_worker_error(exc)  # under torchrun, before the peers lose their connection to us
+        raise
     finally:
         shutdown(info)
+
+
+def _result_from(metrics: Path) -> TrainResult:
+    from pgolf.train.loop import TrainResult
+
+    data = read_json(metrics, "train metrics")
+    return TrainResult(**{f.name: data[f.name] for f in fields(TrainResult)})
 
 
 def _train_command(args: argparse.Namespace) -> int:
