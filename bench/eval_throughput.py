@@ -51,9 +51,9 @@ def timed(fn):
 
 def load_model(artifact: Path, vocab_size: int) -> tuple[torch.nn.Module, str]:
     if artifact.exists():
-        from pgolf.eval.run import load_artifact_model
+        from pgolf.runtime import load_artifact_model
 
-        return load_artifact_model(artifact, torch.device("cpu")), f"artifact {artifact}"
+        return load_artifact_model(artifact, device=torch.device("cpu")), f"artifact {artifact}"
     from pgolf.config.model import ModelParams
     from pgolf.model import GPT
 
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
-    from pgolf.eval.run import load_val_stream
+    from pgolf.runtime import load_val_stream
 
     full = load_val_stream(args.shards, args.tokenizer)
     stream = full.prefix(args.tokens) if args.tokens else full

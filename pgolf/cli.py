@@ -27,9 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _params_check(args: argparse.Namespace) -> int:
-    from pgolf.config import load_params
+    from pgolf.config.sections import load_params
 
-    sections = load_params(args.params)
+    sections = load_params(args.params, require_all=True)
     if args.stamp:
         from pgolf.io import write_bytes_atomic
 
@@ -42,7 +42,7 @@ def _params_check(args: argparse.Namespace) -> int:
 def _params_show(args: argparse.Namespace) -> int:
     import yaml
 
-    from pgolf.config import load_params
+    from pgolf.config.sections import load_params
 
     sections = load_params(args.params)
     names = [args.section] if args.section else list(sections)

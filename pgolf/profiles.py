@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pgolf.config import SECTIONS, validate_section
+from pgolf.config.sections import SECTIONS, validate_section
 from pgolf.dvclock import refuse_if_busy
 from pgolf.errors import ParamsError
 from pgolf.io import write_bytes_atomic

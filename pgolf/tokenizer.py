@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
+from pgolf.bytetable import SPACE_PIECE, ByteTable, byte_table, load_processor, stream_bytes, token_bytes
 from pgolf.config.data import ExportParams, TokenizerParams
 from pgolf.data.docs import Fetched, iter_docs, read_fetched, sha256_file
 from pgolf.errors import DataError, PgolfError
@@ -30,7 +31,6 @@ from pgolf.io import atomic_dir, read_json, write_json_atomic
 log = logging.getLogger(__name__)
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-SPACE_PIECE = "\u2581"
 BYTE_PIECES = 256
 MAX_VOCAB = 1 << 16  # token ids are stored as uint16
 MODEL_FILE = "tokenizer.model"
@@ -140,17 +140,6 @@ def _trainer_error(message: str, params: TokenizerParams, count: _TrainingCount)
     return PgolfError(f"tokenizer: SentencePiece refused the settings (vocab_size={params.vocab_size}): {reason}")
 
 
-def load_processor(model_path: str | Path) -> spm.SentencePieceProcessor:
-    """A SentencePieceProcessor for a model file; DataError if it is missing or unreadable."""
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise DataError(f"{model_path}: tokenizer model not found")
-    try:
-        return spm.SentencePieceProcessor(model_file=str(model_path))
-    except (RuntimeError, OSError) as exc:
-        raise DataError(f"{model_path}: not a SentencePiece model ({exc})") from None
-
-
 def check_tokenizer(sp: spm.SentencePieceProcessor, where: str | Path) -> None:
     """The properties the shards and the byte accounting rely on; DataError naming the first broken one."""
     if sp.vocab_size() > MAX_VOCAB:
@@ -252,57 +241,4 @@ def _copy_official(fetched: Fetched, params: TokenizerParams, out_dir: Path) -> 
     return {"source": "official", "official_model": source.name}
 
 
-@dataclass(frozen=True, eq=False)
-class ByteTable:
-    """Per-id byte accounting of a vocabulary (read-only arrays of length V)."""
-
-    base_bytes: np.ndarray  # int16: UTF-8 bytes of the piece without a leading ▁
-    has_leading_space: np.ndarray  # bool: the piece starts with ▁ (one more byte after a non-boundary)
-    is_boundary: np.ndarray  # bool: control / unknown / unused ids (0 bytes)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.base_bytes.shape[0])
-
-
-def byte_table(sp: spm.SentencePieceProcessor) -> ByteTable:
-    """The challenge's byte table of a SentencePiece model."""
-    size = sp.vocab_size()
-    base = np.zeros(size, dtype=np.int16)
-    space = np.zeros(size, dtype=bool)
-    boundary = np.zeros(size, dtype=bool)
-    for i in range(size):
-        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
-            boundary[i] = True
-        elif sp.is_byte(i):
-            base[i] = 1
-        else:
-            piece = sp.id_to_piece(i)
-            if piece.startswith(SPACE_PIECE):
-                space[i] = True
-                piece = piece[len(SPACE_PIECE) :]
-            base[i] = len(piece.encode("utf-8"))
-    for array in (base, space, boundary):
-        array.flags.writeable = False
-    return ByteTable(base_bytes=base, has_leading_space=space, is_boundary=boundary)
-
-
-def token_bytes(table: ByteTable, prev_ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
-    """Bytes of each target token given the token before it (same shapes; int64 result)."""
-    prev_ids = np.asarray(prev_ids)
-    target_ids = np.asarray(target_ids)
-    if prev_ids.shape != target_ids.shape:
-        raise ValueError(f"prev_ids {prev_ids.shape} and target_ids {target_ids.shape} differ in shape")
-    if target_ids.size and max(int(prev_ids.max()), int(target_ids.max())) >= table.vocab_size:
-        raise DataError(f"token id {max(int(prev_ids.max()), int(target_ids.max()))} >= vocab size {table.vocab_size}")
-    space = table.has_leading_space[target_ids] & ~table.is_boundary[prev_ids]
-    return table.base_bytes[target_ids].astype(np.int64) + space
-
-
-def stream_bytes(table: ByteTable, tokens: np.ndarray) -> np.ndarray:
-    """Bytes of every token of a stream; the first token is taken to follow a boundary."""
-    tokens = np.asarray(tokens)
-    if tokens.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    first = table.base_bytes[tokens[:1]].astype(np.int64)
-    return np.concatenate([first, token_bytes(table, tokens[:-1], tokens[1:])])
+__all__ = ["SPACE_PIECE", "ByteTable", "byte_table", "build_tokenizer", "check_tokenizer", "load_processor", "read_tokenizer", "stream_bytes", "token_bytes", "train_tokenizer"]

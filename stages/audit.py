@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from pgolf.audit import run_audit
+from pgolf.config.data import AuditParams
 from pgolf.stage import run_stage
 
 
@@ -19,11 +20,7 @@ def main() -> None:
     parser.add_argument("--metrics", default="metrics/audit.json", help="metrics file to write")
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args()
-    run_stage(
-        "audit",
-        lambda params: run_audit(args.fetched, args.tokenizer, args.shards, params, args.metrics),
-        params_path=args.params,
-    )
+    run_stage({"audit": AuditParams}, lambda params: run_audit(args.fetched, args.tokenizer, args.shards, params, args.metrics), args.params)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ so validation data is neither read nor a DVC dependency of this stage.
 import argparse
 
 from pgolf.quant.calibrate import calibrate_stage
+from pgolf.config.calibrate import CalibrateParams
 from pgolf.stage import run_stage
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -17,4 +18,4 @@ parser.add_argument("--metrics", default="metrics/calibrate.json", help="metrics
 parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
 args = parser.parse_args()
 
-run_stage("calibrate", lambda p: calibrate_stage(p, args.checkpoint, args.shards, args.out, args.metrics), params_path=args.params)
+run_stage({"calibrate": CalibrateParams}, lambda p: calibrate_stage(p, args.checkpoint, args.shards, args.out, args.metrics), args.params)

@@ -9,6 +9,7 @@ import argparse
 
 from pgolf.data.docs import read_fetched
 from pgolf.data.export import export_shards
+from pgolf.config.data import ExportParams
 from pgolf.stage import run_stage
 
 
@@ -19,11 +20,7 @@ def main() -> None:
     parser.add_argument("--out", default="data/shards", help="output directory")
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args()
-    run_stage(
-        "export",
-        lambda params: export_shards(read_fetched(args.fetched), args.tokenizer, params, args.out),
-        params_path=args.params,
-    )
+    run_stage({"export": ExportParams}, lambda params: export_shards(read_fetched(args.fetched), args.tokenizer, params, args.out), args.params)
 
 
 if __name__ == "__main__":

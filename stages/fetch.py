@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from pgolf.data.fetch import fetch
+from pgolf.config.data import FetchParams
 from pgolf.stage import run_stage
 
 
@@ -17,7 +18,7 @@ def main() -> None:
     parser.add_argument("--out", default="data/fetch", help="output directory")
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args()
-    run_stage("fetch", lambda params: fetch(params, args.out), params_path=args.params)
+    run_stage({"fetch": FetchParams}, lambda params: fetch(params, args.out), args.params)
 
 
 if __name__ == "__main__":

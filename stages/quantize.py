@@ -3,6 +3,7 @@
 import argparse
 
 from pgolf.quant.stage import quantize_stage
+from pgolf.config.quantize import QuantizeParams
 from pgolf.stage import run_stage
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -13,4 +14,4 @@ parser.add_argument("--metrics", default="metrics/quantize.json", help="metrics 
 parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
 args = parser.parse_args()
 
-run_stage("quantize", lambda p: quantize_stage(p, args.checkpoint, args.calibrate, args.out, args.metrics), params_path=args.params)
+run_stage({"quantize": QuantizeParams}, lambda p: quantize_stage(p, args.checkpoint, args.calibrate, args.out, args.metrics), args.params)

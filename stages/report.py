@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--out", default="metrics/plots", help="output directory")
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args()
-    run_stage("report", lambda: write_report(args.live, args.metrics, args.out), own_section=False, params_path=args.params)
+    run_stage({}, lambda: write_report(args.live, args.metrics, args.out), args.params, name="report")
 
 
 if __name__ == "__main__":

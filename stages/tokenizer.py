@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from pgolf.config.data import ExportParams, TokenizerParams
 from pgolf.stage import run_stage
 from pgolf.tokenizer import build_tokenizer
 
@@ -19,10 +20,9 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args()
     run_stage(
-        "tokenizer",
+        {"tokenizer": TokenizerParams, "export": ExportParams},
         lambda params, export: build_tokenizer(args.fetched, params, export, args.out),
-        also=("export",),
-        params_path=args.params,
+        args.params,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,3 +54,50 @@ def random_tokens(doc_lengths: list[int], seed: int = 0, vocab: int = VOCAB) -> 
 
 def random_stream(doc_lengths: list[int], seed: int = 0, vocab: int = VOCAB) -> ValStream:
     return stream_from_tokens(random_tokens(doc_lengths, seed, vocab), byte_table(vocab), BOS)
+
+
+def make_workspace(root: Path) -> dict:
+    """A real tiny evaluation workspace: trained SentencePiece tokenizer, validation shard, checkpoint, artifact."""
+    import json
+
+    import torch
+
+    from data_helpers import english_docs, trained_processor
+    from pgolf.config.model import ModelParams
+    from pgolf.config.pack import PackParams
+    from pgolf.config.quantize import QuantizeParams
+    from pgolf.data.shards import SHARDS_MANIFEST, write_shard
+    from pgolf.model import GPT, model_config_dict
+    from pgolf.pack.pack import pack_model
+    from pgolf.quant.apply import quantize_state
+    from pgolf.tokenizer import byte_table, stream_bytes
+    from pgolf.train.checkpoint import CheckpointMeta, save_checkpoint
+    from pgolf.train.data import StreamPosition
+
+    docs = english_docs(1200)
+    sp = trained_processor(root / "tokenizer", docs, vocab_size=384)
+    val = docs[:24]
+    tokens = np.concatenate([[sp.bos_id(), *sp.encode(doc)] for doc in val]).astype(np.uint16)
+    shards = root / "shards"
+    write_shard(shards / "fineweb_val_000000.bin", tokens)
+    (shards / SHARDS_MANIFEST).write_text(json.dumps({"vocab_size": sp.vocab_size(), "bos_id": sp.bos_id()}))
+    torch.manual_seed(0)
+    model = GPT(ModelParams(vocab_size=sp.vocab_size(), layers=2, width=32, heads=2, kv_heads=1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    qm = quantize_state(model.state_dict(), {}, QuantizeParams(method="rtn", min_numel=512), model_config_dict(model))
+    artifact = root / "pack" / "model.pgolf"
+    artifact.parent.mkdir()
+    artifact.write_bytes(pack_model(qm, PackParams(), {}).data)
+    meta = CheckpointMeta(model_config_dict(model), 1, 0, StreamPosition(), 0, False, "test", {})
+    save_checkpoint(root / "checkpoint", meta, model.state_dict(), {})
+    return {
+        "root": root,
+        "checkpoint": root / "checkpoint",
+        "artifact": artifact,
+        "shards": shards,
+        "tokenizer": root / "tokenizer" / "tokenizer.model",
+        "tokens": tokens,
+        "val_bytes": int(stream_bytes(byte_table(sp), tokens).sum()),  # the audit's val_bytes
+    }

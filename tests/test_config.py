@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pgolf.cli import main as cli_main
-from pgolf.config import SECTIONS, load_params, load_section
+from pgolf.config.sections import SECTIONS, load_params, load_section
 from pgolf.errors import ParamsError
 from pgolf.profiles import apply_profile, list_profiles, load_profile
 
@@ -97,10 +97,20 @@ def test_yaml11_float_strings_are_coerced(tmp_path):
     assert load_section("tokenizer", path).character_coverage == 1.0
 
 
+def full_params(tmp_path, overrides: dict) -> Path:
+    """The shipped params.yaml with some sections replaced (every section written out)."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, section in overrides.items():
+        data[name] = {**data[name], **section}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def test_cli_params_check_exit_codes(tmp_path, capsys):
-    good = write_params(tmp_path, {})
+    good = full_params(tmp_path, {})
     assert cli_main(["params", "check", "--params", str(good)]) == 0
-    bad = write_params(tmp_path, {"tokenizer": {"vocab_size": 3}})
+    bad = full_params(tmp_path, {"tokenizer": {"vocab_size": 3}})
     assert cli_main(["params", "check", "--params", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "error: tokenizer.vocab_size: must be >= 256, got 3" in err
@@ -108,11 +118,11 @@ def test_cli_params_check_exit_codes(tmp_path, capsys):
 
 
 def test_cli_params_check_stamp_is_constant(tmp_path):
-    first = write_params(tmp_path, {"tokenizer": {"vocab_size": 512}})
+    first = full_params(tmp_path, {"tokenizer": {"vocab_size": 512}})
     stamp = tmp_path / "ok"
     assert cli_main(["params", "check", "--params", str(first), "--stamp", str(stamp)]) == 0
     before = stamp.read_bytes()
-    second = write_params(tmp_path, {"tokenizer": {"vocab_size": 2048}})
+    second = full_params(tmp_path, {"tokenizer": {"vocab_size": 2048}})
     assert cli_main(["params", "check", "--params", str(second), "--stamp", str(stamp)]) == 0
     assert stamp.read_bytes() == before
 
@@ -129,7 +139,7 @@ def test_stage_script_exits_2_and_writes_nothing(tmp_path):
     """A stage validates its own section before reading or writing anything."""
     write_params(tmp_path, {"fetch": {"source": "builtin", "bogus": 1}})
     out = tmp_path / "out"
-    body = f"from pgolf.stage import run_stage; run_stage('fetch', lambda p: open({str(out)!r}, 'w'))"
+    body = f"from pgolf.stage import run_stage; from pgolf.config.data import FetchParams; run_stage({{'fetch': FetchParams}}, lambda p: open({str(out)!r}, 'w'))"
     proc = subprocess.run(
         [sys.executable, "-c", body],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -178,3 +188,35 @@ def test_booleans_and_integer_strings_are_not_coerced(tmp_path):
     assert "tokenizer.vocab_size: must be an integer, not a string" in message
     ok = write_params(tmp_path, {"tokenizer": {"vocab_size": 512}, "audit": {"compare_source_text": False}})
     assert load_params(ok)["audit"].compare_source_text is False
+
+
+def _stage_proc(tmp_path, body_expr: str, params_text: str | None):
+    if params_text is not None:
+        (tmp_path / "params.yaml").write_text(params_text)
+    body = "from pgolf.stage import run_stage; from pgolf.config.data import AuditParams; " + body_expr
+    return subprocess.run([sys.executable, "-c", body], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def test_params_check_refuses_empty_file_and_missing_sections(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert cli_main(["params", "check", "--params", str(empty)]) == 2
+    assert "section fetch is missing" in capsys.readouterr().err
+    partial = tmp_path / "partial.yaml"
+    partial.write_text((REPO / "params.yaml").read_text().replace("\naudit:\n  compare_source_text: true\n", "\n"))
+    assert cli_main(["params", "check", "--params", str(partial)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: audit: section is missing from " + str(partial) + " (`pgolf params show audit` prints its defaults)"]
+    assert cli_main(["params", "check", "--params", str(REPO / "params.yaml")]) == 0
+
+
+def test_stage_fails_when_its_params_change_while_it_runs(tmp_path):
+    """Editing params.yaml mid-run (e.g. applying a profile) must not let the stage report success."""
+    params = tmp_path / "params.yaml"
+    edit = f"open({str(params)!r}, 'w').write('audit: {{compare_source_text: false}}\\n')"
+    proc = _stage_proc(tmp_path, f"run_stage({{'audit': AuditParams}}, lambda p: {edit})", "audit: {compare_source_text: true}\n")
+    assert proc.returncode == 1, proc.stderr
+    assert "section audit changed while the stage ran" in proc.stderr.strip().splitlines()[-1]
+    other = f"open({str(params)!r}, 'a').write('fetch: {{source: builtin}}\\n')"
+    proc = _stage_proc(tmp_path, f"run_stage({{'audit': AuditParams}}, lambda p: {other})", "audit: {compare_source_text: true}\n")
+    assert proc.returncode == 0, proc.stderr  # another section's edit does not touch this stage's result

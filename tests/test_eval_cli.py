@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from eval_helpers import make_workspace
 import torch
 from data_helpers import english_docs, trained_processor
 
@@ -37,34 +38,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("eval_cli")
-    docs = english_docs(1200)
-    sp = trained_processor(root / "tokenizer", docs, vocab_size=384)
-    val = docs[:24]
-    tokens = np.concatenate([[sp.bos_id(), *sp.encode(doc)] for doc in val]).astype(np.uint16)
-    shards = root / "shards"
-    write_shard(shards / "fineweb_val_000000.bin", tokens)
-    (shards / SHARDS_MANIFEST).write_text(json.dumps({"vocab_size": sp.vocab_size(), "bos_id": sp.bos_id()}))
-    torch.manual_seed(0)
-    model = GPT(ModelParams(vocab_size=sp.vocab_size(), layers=2, width=32, heads=2, kv_heads=1))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    qm = quantize_state(model.state_dict(), {}, QuantizeParams(method="rtn", min_numel=512), model_config_dict(model))
-    artifact = root / "pack" / "model.pgolf"
-    artifact.parent.mkdir()
-    artifact.write_bytes(pack_model(qm, PackParams(), {}).data)
-    meta = CheckpointMeta(model_config_dict(model), 1, 0, StreamPosition(), 0, False, "test", {})
-    save_checkpoint(root / "checkpoint", meta, model.state_dict(), {})
-    return {
-        "root": root,
-        "checkpoint": root / "checkpoint",
-        "artifact": artifact,
-        "shards": shards,
-        "tokenizer": root / "tokenizer" / "tokenizer.model",
-        "tokens": tokens,
-        "val_bytes": int(stream_bytes(byte_table(sp), tokens).sum()),  # the audit's val_bytes
-    }
+    return make_workspace(tmp_path_factory.mktemp("eval_cli"))
 
 
 def run_eval(ws: dict, capsys, *args: str) -> tuple[int, dict | None, str]:
@@ -135,7 +109,7 @@ def run_stage_script(ws: dict, name: str, tmp_path: Path) -> tuple[subprocess.Co
     (tmp_path / "params.yaml").write_text(STAGE_PARAMS)
     metrics = tmp_path / "metrics" / f"{name}.json"
     args = ["--artifact", ws["artifact"].parent, "--shards", ws["shards"], "--tokenizer", ws["tokenizer"], "--checkpoint", ws["checkpoint"], "--metrics", metrics]
-    cmd = [sys.executable, str(REPO / "stages" / f"{name}.py"), *map(str, args)]
+    cmd = [sys.executable, str(REPO / "stages" / "eval.py"), "--method", name.removeprefix("eval_"), *map(str, args)]
     return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=ONE_THREAD), metrics
 
 
@@ -159,7 +133,39 @@ def test_eval_ttt_stage_writes_metrics_with_legality(workspace, tmp_path: Path) 
 
 def test_stage_with_bad_params_exits_2_and_writes_nothing(workspace, tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("eval_sliding: {window: 8, stride: 16}\n")
-    cmd = [sys.executable, str(REPO / "stages" / "eval_sliding.py"), "--metrics", str(tmp_path / "m.json")]
+    cmd = [sys.executable, str(REPO / "stages" / "eval.py"), "--method", "sliding", "--metrics", str(tmp_path / "m.json")]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
     assert proc.returncode == 2 and "stride (16) must be <= window (8)" in proc.stderr
     assert not (tmp_path / "m.json").exists()
+
+
+def test_artifact_made_for_another_tokenizer_is_refused(workspace, tmp_path: Path, capsys) -> None:
+    """The pack stage records the tokenizer's sha256; evaluation against another vocabulary's
+    tokens refuses instead of printing a meaningless val_bpb."""
+    from pgolf.bytetable import tokenizer_sha256
+    from pgolf.pack.artifact import parse_artifact
+    from pgolf.pack.pack import pack_stage
+    from pgolf.quant.store import save_quantized
+
+    qdir = tmp_path / "quantize"
+    qdir.mkdir()
+    model = GPT(ModelParams(vocab_size=384, layers=1, width=32, heads=2, kv_heads=1))
+    save_quantized(quantize_state(model.state_dict(), {}, QuantizeParams(method="rtn", min_numel=512), model_config_dict(model)), qdir)
+    other = tmp_path / "other.model"
+    other.write_bytes(b"a different tokenizer file")
+    pack_stage(PackParams(), qdir, tmp_path / "pack", tmp_path / "pack.json", repo_root=REPO, tokenizer=other)
+    artifact = tmp_path / "pack" / "model.pgolf"
+    assert parse_artifact(artifact.read_bytes()).header.meta["tokenizer_sha256"] == tokenizer_sha256(other)
+    code, _, err = run_eval(dict(workspace, artifact=artifact), capsys, "--method", "plain")
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith(f"error: {artifact}: made for tokenizer sha256 ")
+    pack_stage(PackParams(), qdir, tmp_path / "pack", tmp_path / "pack.json", repo_root=REPO, tokenizer=workspace["tokenizer"])
+    code, _, err = run_eval(dict(workspace, artifact=artifact), capsys, "--method", "plain", "--set", "seq_len=64")
+    assert code == 0, err
+
+
+def test_artifact_format_errors_name_the_file(workspace, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "truncated.pgolf"
+    bad.write_bytes(workspace["artifact"].read_bytes()[:100])
+    code, _, err = run_eval(dict(workspace, artifact=bad), capsys, "--method", "plain")
+    assert code == 1 and err.strip().splitlines()[-1].startswith(f"error: {bad}: truncated")

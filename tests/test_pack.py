@@ -23,7 +23,6 @@ from pgolf.errors import ArtifactError
 from pgolf.io import read_json
 from pgolf.model import build_model
 from pgolf.pack import load_artifact, load_model_from_artifact
-from pgolf.pack.code_bytes import measure_code_bytes
 from pgolf.pack.codecs import CODECS, compress, decompress, shuffle_bytes, unshuffle_bytes
 from pgolf.pack.entropy import decode, encode, fit_codebook, order0_entropy_bits
 from pgolf.pack.pack import ARTIFACT_NAME, codebook_bytes, pack_model, pack_stage
@@ -114,27 +113,6 @@ def test_best_coder_takes_the_smaller_of_ans_and_lz_per_tensor():
     assert best.bytes_model < ans.bytes_model
     art = load(best.data)
     assert torch.equal(art.tensors["emb.weight"], qm.state_dict()["emb.weight"])
-
-
-def test_code_bytes_definition(tmp_path):
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "b.py").write_text("print('b')\n" * 50)
-    (tmp_path / "pkg" / "a.py").write_text("print('a')\n" * 50)
-    code = measure_code_bytes(["pkg/*.py", "pkg/a.py", "missing/*.py"], tmp_path)
-    assert code.files == ("pkg/a.py", "pkg/b.py")
-    assert code.missing_patterns == ("missing/*.py",)
-    assert code.bytes_raw == len("# file: pkg/a.py\n") + 550 + 1 + len("# file: pkg/b.py\n") + 550 + 1
-    assert 0 < code.bytes_code < code.bytes_raw
-    assert measure_code_bytes(["pkg/*.py"], tmp_path) == measure_code_bytes(["pkg/*.py"], tmp_path)
-    with pytest.raises(ArtifactError, match="matches no file"):
-        measure_code_bytes(["nothing/*.py"], tmp_path)
-
-
-def test_default_code_files_cover_model_decoder_and_eval():
-    code = measure_code_bytes(PackParams().code_files, REPO)
-    for must in ("pgolf/model/gpt.py", "pgolf/pack/artifact.py", "pgolf/pack/entropy.py", "pgolf/pack/load.py"):
-        assert must in code.files
-    assert 1000 < code.bytes_code < 200_000
 
 
 @pytest.fixture(scope="module")

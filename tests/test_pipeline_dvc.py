@@ -19,7 +19,7 @@ from pipeline_repo import copy_repo, run, stages_run
 
 pytestmark = pytest.mark.slow
 
-MODEL_STAGES = {"train", "calibrate", "quantize", "pack", "eval_sliding", "eval_ttt"}
+MODEL_STAGES = {"train", "calibrate", "quantize", "pack", "eval@sliding", "eval@ttt"}
 METRICS_KEYS = {
     "audit.json": {"val_docs", "val_tokens", "val_bytes", "bytes_per_token", "vocab_size"},
     "train.json": {"steps", "tokens_seen", "train_loss", "val_loss", "tokens_per_second", "wallclock_seconds", "params_count"},
@@ -90,10 +90,10 @@ def test_eval_param_reruns_only_that_evaluation(repo):
     stride = yaml.safe_load((repo / "params.yaml").read_text())["eval_sliding"]["stride"]
     _set_param(repo, "eval_sliding.stride", max(1, stride // 2))
     ran = set(stages_run(run(repo, "dvc", "repro").stdout))
-    assert "eval_sliding" in ran
+    assert "eval@sliding" in ran
     # `params` revalidates params.yaml on any change; its constant stamp stops the cascade.
-    assert not ran & {"fetch", "tokenizer", "export", "audit", "train", "calibrate", "quantize", "pack", "eval_ttt"}, ran
-    assert ran <= {"params", "eval_sliding", "aggregate", "report"}, ran
+    assert not ran & {"fetch", "tokenizer", "export", "audit", "train", "calibrate", "quantize", "pack", "eval@ttt"}, ran
+    assert ran <= {"params", "eval@sliding", "aggregate", "report"}, ran
     _commit(repo, "stride")
 
 
@@ -101,10 +101,20 @@ def test_pack_param_reruns_pack_and_evaluations_never_training(repo):
     current = yaml.safe_load((repo / "params.yaml").read_text())["pack"]["compressor"]
     _set_param(repo, "pack.compressor", "zstd" if current != "zstd" else "brotli")
     ran = set(stages_run(run(repo, "dvc", "repro").stdout))
-    assert {"pack", "eval_sliding", "eval_ttt"} <= ran, ran
+    assert {"pack", "eval@sliding", "eval@ttt"} <= ran, ran
     assert not ran & {"fetch", "tokenizer", "export", "audit", "train", "calibrate", "quantize"}, ran
-    assert ran <= {"params", "pack", "eval_sliding", "eval_ttt", "aggregate", "report"}, ran
+    assert ran <= {"params", "pack", "eval@sliding", "eval@ttt", "aggregate", "report"}, ran
     _commit(repo, "compressor")
+
+
+def test_keys_that_cannot_change_a_result_rerun_nothing(repo):
+    train = yaml.safe_load((repo / "params.yaml").read_text())["train"]
+    for key, value in (("log_every", train["log_every"] + 1), ("threads", train["threads"] + 1), ("checkpoint_every", train["checkpoint_every"] + 7)):
+        _set_param(repo, f"train.{key}", value)
+    status = run(repo, "dvc", "status", "--json").stdout
+    assert set(json.loads(status)) <= {"params"}, status  # only the guard revalidates; train is clean
+    assert set(stages_run(run(repo, "dvc", "repro").stdout)) <= {"params"}
+    _commit(repo, "non-result keys")
 
 
 def test_bad_key_stops_repro_and_changes_no_outputs(repo):

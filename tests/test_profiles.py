@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pgolf.cli import main
-from pgolf.config import load_params
+from pgolf.config.sections import load_params
 from pgolf.dvclock import dvc_busy
 from pgolf.profiles import apply_profile, list_profiles, merge
 from pgolf.yamledit import EditError, edit_yaml, format_value, same

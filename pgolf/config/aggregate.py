@@ -10,7 +10,7 @@ from pgolf.config.base import Section
 class AggregateParams(Section):
     """`aggregate`: mean/std of val_bpb over seeds and a one-sided Welch t-test against a reference."""
 
-    seeds: list[int] = Field([1337], min_length=1, max_length=16, description="training seeds aggregated; must include train.seed (the main run); each other seed reruns train..eval_ttt")
+    seeds: list[int] = Field([], max_length=16, description="other training seeds to aggregate with the main run's train.seed (which always joins; listing it here too is allowed); each other seed reruns train, calibrate, quantize, pack and the evaluations")
     reference_name: str = Field("official baseline", description="what the reference numbers are")
     reference_mean_bpb: float = Field(1.2244, gt=0.0, le=10.0, description="reference mean val_bpb")
     reference_std_bpb: float = Field(0.0005, ge=0.0, le=1.0, description="reference sample std of val_bpb over its seeds")

@@ -6,7 +6,10 @@ Every params section is a `Section` (``extra="forbid"``, frozen). Errors are ren
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, get_args
+
+import yaml
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
@@ -109,3 +112,31 @@ def validate_section(model: type[Section], data: Any, prefix: str) -> Section:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ParamsError(format_validation_error(exc, prefix, model)) from None
+
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+def read_params_file(path: str | Path = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
+    """The raw mapping in params.yaml; ParamsError if it is missing or not a YAML mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found (run from the repository root)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_section_as(model: type[Section], name: str, path: str | Path = DEFAULT_PARAMS_PATH) -> Section:
+    """Validate section `name` of the params file with `model`; a missing section takes every default."""
+    return validate_section(model, read_params_file(path).get(name), name)

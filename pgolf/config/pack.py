@@ -21,34 +21,18 @@ class PackParams(Section):
     lzma_preset: int = Field(9, ge=0, le=9, description="lzma preset (with the extreme flag)")
     reference_brotli: bool = Field(True, description="also report brotli-11 of each group's symbols in metrics/pack.json (the bar the entropy coder must beat; ~1 s per MB)")
     limit_bytes: int = Field(16_000_000, ge=1, description="challenge cap on bytes_model + bytes_code (decimal bytes)")
-    code_files: list[str] = Field(
-        [
-            "pgolf/model/*.py",
-            "pgolf/pack/artifact.py",
-            "pgolf/pack/codecs.py",
-            "pgolf/pack/entropy.py",
-            "pgolf/pack/load.py",
-            "pgolf/eval/*.py",
-            "pgolf/__init__.py",
-            "pgolf/errors.py",
-            "pgolf/io.py",
-            "pgolf/config/base.py",
-            "pgolf/config/train.py",
-            "pgolf/config/eval.py",
-            "pgolf/pack/__init__.py",
-            "pgolf/data/shards.py",
-            "pgolf/tokenizer.py",
-        ],
+    code_modules: list[str] = Field(
+        ["pgolf.runtime"],
         min_length=1,
-        description="globs (repo-relative) of the code a submission needs to load and evaluate the model; counted in bytes_code",
+        description="entry modules whose pgolf import closure is the code counted in bytes_code (the artifact runtime: loading and evaluating an artifact)",
     )
 
-    @field_validator("code_files")
+    @field_validator("code_modules")
     @classmethod
-    def _relative(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            if pattern.startswith("/") or ".." in pattern.split("/"):
-                raise ValueError(f"{pattern!r} must be a path relative to the repository root")
+    def _dotted(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not all(part.isidentifier() for part in name.split(".")) or not name.startswith("pgolf"):
+                raise ValueError(f"{name!r} must be a dotted pgolf module name such as pgolf.runtime")
         return value
 
     @field_validator("compressor")

@@ -52,7 +52,7 @@ class ValStream:
 
 def stream_from_tokens(tokens: np.ndarray, table: object, bos_id: int) -> ValStream:
     """A ValStream whose target bytes come from the tokenizer's byte table (`pgolf.tokenizer.ByteTable`)."""
-    from pgolf.tokenizer import token_bytes
+    from pgolf.bytetable import token_bytes
 
     tokens = np.asarray(tokens, dtype=np.int64)
     target_bytes = np.zeros(tokens.shape, dtype=np.int64)

@@ -1,7 +1,8 @@
-"""`pgolf eval ARTIFACT --method plain|sliding|ttt [--set key=value ...] [--json]`: eval-only, outside DVC.
+"""`pgolf eval ARTIFACT --method NAME [--set key=value ...] [--json]`: eval-only, outside DVC.
 
-`--set` keys are the method's params (plain: EvalPlainParams; sliding: the eval_sliding section;
-ttt: the eval_ttt section), validated by the same models; unset keys take their defaults. With
+NAME is a method of `pgolf.eval.methods.METHODS` (plain, sliding, ttt). `--set` keys are the
+method's params (plain: EvalPlainParams; sliding: the eval_sliding section; ttt: the eval_ttt
+section), validated by the same models; unset keys take their defaults. With
 --json the last stdout line is one JSON object (val_bpb, val_loss, scored_tokens, scored_bytes,
 seconds, method, params; ttt adds val_bpb_no_ttt and the legality report).
 """
@@ -20,7 +21,7 @@ from pgolf.errors import ParamsError
 
 def parse_sets(pairs: list[str], method: str) -> Any:
     """`key=value` strings (values read as YAML scalars) -> the method's validated params."""
-    from pgolf.eval.run import METHOD_PARAMS
+    from pgolf.eval.methods import METHODS
 
     data: dict[str, Any] = {}
     for pair in pairs:
@@ -31,23 +32,19 @@ def parse_sets(pairs: list[str], method: str) -> Any:
             data[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise ParamsError(f"--set {pair!r}: value is not a YAML scalar") from None
-    return validate_section(METHOD_PARAMS[method], data, method)
+    return validate_section(METHODS[method].params, data, method)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pgolf.eval.run import evaluate, evaluate_ttt, load_artifact_model, load_val_stream
+    from pgolf.runtime import evaluate_artifact, load_artifact_model, load_val_stream
     from pgolf.stage import setup_logging
 
     params = parse_sets(args.set or [], args.method)
     setup_logging()
     stream = load_val_stream(args.shards, args.tokenizer)
-    model = load_artifact_model(args.artifact)
-    out: dict[str, Any] = {"method": args.method}
-    if args.method == "ttt":
-        report = evaluate_ttt(model, stream, params)
-        out.update(report.result.to_dict(), val_bpb_no_ttt=report.val_bpb_no_ttt, legality=report.legality.to_dict())
-    else:
-        out.update(evaluate(args.method, model, stream, params).to_dict())
+    model = load_artifact_model(args.artifact, args.tokenizer)
+    outcome = evaluate_artifact(args.method, model, stream, params)
+    out: dict[str, Any] = {"method": args.method, **outcome.result.to_dict(), **outcome.extra}
     out["params"] = params.model_dump(mode="json")
     if args.json:
         print(json.dumps(out))
@@ -61,7 +58,9 @@ def _eval(args: argparse.Namespace) -> int:
 def add_eval_command(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="evaluate a packed artifact (plain, sliding window, or score-first TTT)")
     parser.add_argument("artifact", help="the artifact file, or the pack directory holding model.pgolf")
-    parser.add_argument("--method", choices=("plain", "sliding", "ttt"), required=True, help="evaluation method")
+    from pgolf.eval.methods import METHODS
+
+    parser.add_argument("--method", choices=tuple(METHODS), required=True, help="evaluation method: " + "; ".join(f"{k}: {m.description}" for k, m in METHODS.items()))
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="a param of the method (repeatable); plain takes seq_len, batch_size")
     parser.add_argument("--shards", default="data/shards", help="directory of the validation shards and manifest.json (default: data/shards)")
     parser.add_argument("--tokenizer", default="data/tokenizer/tokenizer.model", help="SentencePiece model for the byte accounting")

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from pgolf.config.eval import EvalTTTParams
+from pgolf.progress import progress
 from pgolf.eval.bpb import EvalResult, ValStream, log_mass, new_nll_array, summarize, token_nll
 from pgolf.eval.lora import LaneAdam, attach_lora
 from pgolf.eval.sliding import segments
@@ -233,7 +233,7 @@ class TTTRunner:
     def run(self) -> TTTOutcome:
         t0 = time.perf_counter()
         self.adapter.model.eval()
-        for rnd in tqdm(self.rounds(), desc="ttt", unit="round", disable=None, mininterval=1.0):
+        for rnd in progress(self.rounds(), "ttt", unit="round"):
             self.score(rnd)
             self.adapt(rnd)
         return TTTOutcome(summarize(self.stream, self.nll, time.perf_counter() - t0), self.nll, self.ledger)

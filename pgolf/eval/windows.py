@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from pgolf.progress import progress
 from pgolf.eval.bpb import EvalResult, ValStream, new_nll_array, summarize, token_nll
 
 PAD_ID = 0  # right padding; a causal model's real positions never see it
@@ -46,7 +46,7 @@ def score_windows(model: nn.Module, stream: ValStream, windows: list[Window], ba
     order = sorted(range(len(windows)), key=lambda i: -windows[i].length)
     tokens = torch.from_numpy(stream.tokens)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="score", unit="batch", disable=None, mininterval=1.0):
+    for batch in progress(batches, "score", unit="batch"):
         group = [windows[i] for i in batch]
         width = group[0].length
         inputs = torch.full((len(group), width), PAD_ID, dtype=torch.long)

@@ -12,9 +12,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from pgolf.io import atomic_dir, write_json_atomic
-from pgolf.pack.artifact import FORMAT_VERSION, PREFIX_BYTES, ParsedArtifact, parse_artifact, read_artifact_bytes
+from pgolf.pack.artifact import FORMAT_VERSION, PREFIX_BYTES, ParsedArtifact
 from pgolf.errors import ArtifactError
-from pgolf.pack.load import decode_tensors, load_model_from_artifact, quantized_tensors
+from pgolf.pack.load import decode_tensors, load_model_from_artifact, named, parse_artifact_file, quantized_tensors
 
 UNPACKED_TENSORS = "tensors.safetensors"
 UNPACKED_HEADER = "header.json"
@@ -46,7 +46,7 @@ def describe(path: str | Path, parsed: ParsedArtifact) -> dict:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    parsed = parse_artifact(read_artifact_bytes(args.artifact))
+    parsed = parse_artifact_file(args.artifact)
     # A well-formed container is not enough: its config must build the model and its tensors fit it.
     load_model_from_artifact(args.artifact)
     info = describe(args.artifact, parsed)
@@ -66,9 +66,12 @@ def _unpack(args: argparse.Namespace) -> int:
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise ArtifactError(f"{args.out}: exists and is not an empty directory; refusing to overwrite it")
     args.out = out
-    parsed = parse_artifact(read_artifact_bytes(args.artifact))
-    decoded = decode_tensors(parsed)
-    quantized_tensors(parsed, decoded)  # symbols in range, scales finite, extras known
+    parsed = parse_artifact_file(args.artifact)
+    try:
+        decoded = decode_tensors(parsed)
+        quantized_tensors(parsed, decoded)  # symbols in range, scales finite, extras known
+    except ArtifactError as exc:
+        raise named(args.artifact, exc) from None
     tensors = {"/".join(filter(None, (role, name, part))): tensor.contiguous() for (name, role, part), tensor in decoded.items()}
     with atomic_dir(args.out) as tmp:
         save_file(tensors, str(Path(tmp) / UNPACKED_TENSORS))

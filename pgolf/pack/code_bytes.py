@@ -1,13 +1,13 @@
 """bytes_code: what the code of a submission costs under the 16,000,000-byte cap.
 
-Definition (pgolf's, documented in the README of the pack stage): the files matched by the
-`pack.code_files` globs, relative to the repository root, taken pattern by pattern in the listed
-order, files within a pattern in sorted path order, each file once. Each contributes the line
-``# file: <path>\\n`` followed by its bytes and a newline; the concatenation is compressed with
-raw LZMA2 at preset 9 extreme (`pgolf.pack.codecs.compress(..., "lzma", 9)`), and bytes_code is
-the compressed length. Defaults: the model, the artifact decoder (container, codecs, entropy
-coder, loader) and the evaluation package; a pattern that matches nothing counts nothing and is
-reported in `missing_patterns`. The tokenizer model file is not counted (as in the challenge).
+Definition (pgolf's): the code is the artifact runtime, i.e. the pgolf modules that loading and
+evaluating an artifact imports: the import closure of the entry modules in `pack.code_modules`
+(default `pgolf.runtime`), read from source by `pgolf.imports` (a test checks it equals what a
+fresh interpreter imports when it loads and scores an artifact). Files are taken in sorted path
+order; each contributes the line ``# file: <path>\\n``, its bytes and a newline; the concatenation
+is compressed with raw LZMA2 at preset 9 extreme (`pgolf.pack.codecs.compress(..., "lzma", 9)`),
+and bytes_code is the compressed length. The tokenizer model file is not counted (as in the
+challenge).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.errors import ArtifactError
+from pgolf.imports import closure_files
 from pgolf.pack.codecs import compress
 
 CODE_LZMA_PRESET = 9
@@ -24,22 +25,8 @@ CODE_LZMA_PRESET = 9
 @dataclass(frozen=True)
 class CodeBytes:
     files: tuple[str, ...]
-    missing_patterns: tuple[str, ...]
     bytes_raw: int
     bytes_code: int
-
-
-def code_files(patterns: list[str], root: str | Path) -> tuple[list[str], list[str]]:
-    """(matched repo-relative files in counting order, patterns that matched nothing)."""
-    root = Path(root)
-    files: list[str] = []
-    missing: list[str] = []
-    for pattern in patterns:
-        matches = sorted(p.relative_to(root).as_posix() for p in root.glob(pattern) if p.is_file())
-        if not matches:
-            missing.append(pattern)
-        files.extend(m for m in matches if m not in files)
-    return files, missing
 
 
 def code_bundle(files: list[str], root: str | Path) -> bytes:
@@ -47,10 +34,11 @@ def code_bundle(files: list[str], root: str | Path) -> bytes:
     return b"".join(f"# file: {name}\n".encode() + (root / name).read_bytes() + b"\n" for name in files)
 
 
-def measure_code_bytes(patterns: list[str], root: str | Path) -> CodeBytes:
-    """bytes_code of the files `patterns` select under `root` (see the module docstring)."""
-    files, missing = code_files(patterns, root)
-    if not files:
-        raise ArtifactError(f"pack.code_files matches no file under {root}: bytes_code would be 0")
+def measure_code_bytes(entries: list[str], root: str | Path) -> CodeBytes:
+    """bytes_code of the import closure of `entries` under `root` (see the module docstring)."""
+    try:
+        files = sorted(closure_files(entries, root))
+    except ValueError as exc:
+        raise ArtifactError(f"pack.code_modules: {exc}") from None
     bundle = code_bundle(files, root)
-    return CodeBytes(tuple(files), tuple(missing), len(bundle), len(compress(bundle, "lzma", CODE_LZMA_PRESET)))
+    return CodeBytes(tuple(files), len(bundle), len(compress(bundle, "lzma", CODE_LZMA_PRESET)))

@@ -16,6 +16,7 @@ from pgolf.errors import ArtifactError, PgolfError
 from pgolf.pack.artifact import ParsedArtifact, TensorEntry, parse_artifact, read_artifact_bytes
 from pgolf.pack.codecs import decompress, unshuffle_bytes
 from pgolf.pack.entropy import Codebook, decode
+from pgolf.model import build_model
 from pgolf.quant.scheme import QuantizedTensor
 
 TORCH_DTYPES = {
@@ -95,10 +96,27 @@ def dequantized_state(parsed: ParsedArtifact, decoded: dict[PartKey, torch.Tenso
     return state
 
 
+def named(path: str | Path, exc: ArtifactError) -> ArtifactError:
+    """The error with the file's path in front (once)."""
+    message = str(exc)
+    return ArtifactError(message if message.startswith(str(path)) else f"{path}: {message}")
+
+
+def parse_artifact_file(path: str | Path) -> ParsedArtifact:
+    """Read and validate an artifact file; ArtifactError naming the file."""
+    try:
+        return parse_artifact(read_artifact_bytes(path))
+    except ArtifactError as exc:
+        raise named(path, exc) from None
+
+
 def load_artifact(path: str | Path) -> Artifact:
-    """Read, validate and decode an artifact; ArtifactError on any malformed content."""
-    parsed = parse_artifact(read_artifact_bytes(path))
-    return artifact_from_parsed(parsed)
+    """Read, validate and decode an artifact; ArtifactError naming the file on any malformed content."""
+    parsed = parse_artifact_file(path)
+    try:
+        return artifact_from_parsed(parsed)
+    except ArtifactError as exc:
+        raise named(path, exc) from None
 
 
 def artifact_from_parsed(parsed: ParsedArtifact) -> Artifact:
@@ -108,11 +126,8 @@ def artifact_from_parsed(parsed: ParsedArtifact) -> Artifact:
     return Artifact(model_config=dict(parsed.header.model_config_), tensors=dequantized_state(parsed, decoded), metadata=meta)
 
 
-def load_model_from_artifact(path: str | Path) -> torch.nn.Module:
-    """The `pgolf.model.GPT` rebuilt from an artifact's config and weights, on CPU, in eval mode."""
-    from pgolf.model import build_model
-
-    artifact = load_artifact(path)
+def model_from_artifact(artifact: Artifact, path: str | Path) -> torch.nn.Module:
+    """The `pgolf.model.GPT` rebuilt from a loaded artifact's config and weights, on CPU, in eval mode."""
     try:
         model = build_model(artifact.model_config)
     except PgolfError as exc:
@@ -127,3 +142,8 @@ def load_model_from_artifact(path: str | Path) -> torch.nn.Module:
         detail = "; ".join(lines)[:400] or "state dict mismatch"
         raise ArtifactError(f"{path}: weights do not fit the model ({detail})") from None
     return model.eval()
+
+
+def load_model_from_artifact(path: str | Path) -> torch.nn.Module:
+    """The `pgolf.model.GPT` rebuilt from an artifact file, on CPU, in eval mode."""
+    return model_from_artifact(load_artifact(path), path)

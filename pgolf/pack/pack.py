@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pgolf.bytetable import tokenizer_sha256
 from pgolf.config.pack import PackParams
 from pgolf.errors import ArtifactError
 from pgolf.io import atomic_dir, write_json_atomic
@@ -193,12 +194,16 @@ class PackReport:
     limit_bytes: int
 
 
-def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, repo_root: str | Path = ".") -> PackReport:
-    """The `pack` stage: artifact into `out_dir`, metrics JSON; fails over the byte limit."""
+def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
+               repo_root: str | Path = ".", tokenizer: str | Path | None = None) -> PackReport:
+    """The `pack` stage: artifact into `out_dir`, metrics JSON; fails over the byte limit. With
+    `tokenizer`, the artifact records its sha256 and evaluation refuses any other tokenizer."""
     qm = load_quantized(quantized_dir)
-    meta = {"pack": {"compressor": params.compressor, "distribution": params.distribution, "side_codec": params.side_codec}}
+    meta: dict = {"pack": {"compressor": params.compressor, "distribution": params.distribution, "side_codec": params.side_codec}}
+    if tokenizer is not None:
+        meta["tokenizer_sha256"] = tokenizer_sha256(tokenizer)
     packed = pack_model(qm, params, meta)
-    code = measure_code_bytes(params.code_files, repo_root)
+    code = measure_code_bytes(params.code_modules, repo_root)
     total = packed.bytes_model + code.bytes_code
     out_dir = Path(out_dir)
     artifact_path = out_dir / ARTIFACT_NAME
@@ -218,7 +223,7 @@ def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Pat
         "brotli11_symbol_bytes": sum(g["brotli11_bytes"] for g in packed.groups.values()) if params.reference_brotli else None,
         "compressor": params.compressor,
         "groups": packed.groups,
-        "code": {"files": list(code.files), "missing_patterns": list(code.missing_patterns), "bytes_raw": code.bytes_raw, "codec": "lzma-9e"},
+        "code": {"modules": list(params.code_modules), "files": list(code.files), "bytes_raw": code.bytes_raw, "codec": "lzma-9e"},
     }
     write_json_atomic(metrics_path, metrics)
     return report

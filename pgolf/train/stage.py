@@ -98,9 +98,9 @@ def _result_from(metrics: Path) -> TrainResult:
 def _train_command(args: argparse.Namespace) -> int:
     import sys
 
-    from pgolf.config import load_section
+    from pgolf.config.base import load_section_as
 
-    params = load_section("train", args.params)
+    params = load_section_as(TrainParams, "train", args.params)
     argv = ["-m", "pgolf", *sys.argv[1:]]
     run_train_stage(params, Path(args.shards), Path(args.out), Path(args.metrics), Path(args.live) if args.live else None, argv)
     return 0

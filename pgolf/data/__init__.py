@@ -1,0 +1,1 @@
+"""Data: the fetched corpora, the official shard format, and export of documents to shards."""

@@ -1,0 +1,72 @@
+"""The artifact runtime: the code a submission needs to load its artifact and score validation
+tokens. `bytes_code` counts exactly the pgolf modules this module imports (transitively), so keep
+it small: no training, quantization, tokenizer training or stage plumbing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pgolf.bytetable import byte_table, load_processor, tokenizer_sha256
+from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens
+from pgolf.errors import ArtifactError, DataError
+from pgolf.eval.bpb import ValStream, stream_from_tokens
+from pgolf.eval.methods import METHODS, MethodOutcome
+from pgolf.io import read_json
+from pgolf.pack.load import load_artifact, model_from_artifact
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_FILE = "model.pgolf"  # the pack stage's file name inside data/pack
+
+
+def load_val_stream(shards_dir: str | Path, tokenizer_model: str | Path) -> ValStream:
+    """All validation shards as one stream, with each target's bytes from the tokenizer's byte table."""
+    shards_dir = Path(shards_dir)
+    manifest = read_json(shards_dir / SHARDS_MANIFEST, "shards manifest")
+    table = byte_table(load_processor(tokenizer_model))
+    if manifest.get("vocab_size") != table.vocab_size:
+        raise DataError(f"{shards_dir / SHARDS_MANIFEST}: vocab_size {manifest.get('vocab_size')} != tokenizer {tokenizer_model} ({table.vocab_size})")
+    paths = list_shards(shards_dir, "val")
+    if not paths:
+        raise DataError(f"{shards_dir}: no validation shards (fineweb_val_*.bin)")
+    stream = stream_from_tokens(load_tokens(paths), table, int(manifest["bos_id"]))
+    log.info("val_tokens: %d", stream.num_tokens)
+    log.info("val_bytes: %d", int(stream.target_bytes.sum()))
+    return stream
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def artifact_path(path: str | Path) -> Path:
+    """An artifact file, or the pack directory holding model.pgolf."""
+    path = Path(path)
+    return path / ARTIFACT_FILE if path.is_dir() else path
+
+
+def load_artifact_model(path: str | Path, tokenizer_model: str | Path | None = None, device: torch.device | None = None) -> nn.Module:
+    """The model of a packed artifact. With `tokenizer_model`, the artifact must have been made for
+    that tokenizer (its sha256 is recorded at pack time): scoring against another vocabulary's
+    tokens would print a meaningless bpb."""
+    path = artifact_path(path)
+    artifact = load_artifact(path)
+    if tokenizer_model is not None:
+        recorded = artifact.metadata.get("tokenizer_sha256")
+        actual = tokenizer_sha256(tokenizer_model)
+        if recorded is not None and recorded != actual:
+            raise ArtifactError(f"{path}: made for tokenizer sha256 {str(recorded)[:12]}..., not {tokenizer_model} ({actual[:12]}...)")
+    return model_from_artifact(artifact, path).to(device or default_device()).eval()
+
+
+def evaluate_artifact(method: str, model: nn.Module, stream: ValStream, params: Any) -> MethodOutcome:
+    """Score `model` on `stream` by the named method of the registry."""
+    if method not in METHODS:
+        raise DataError(f"unknown evaluation method {method!r} (known: {', '.join(METHODS)})")
+    return METHODS[method].evaluate(model, stream, params)
