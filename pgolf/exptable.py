@@ -133,17 +133,20 @@ def render(rows: list[Row], width: int = WIDTH, keys: list[str] | None = None) -
         return "no experiments\n"
     keys = differing_params(rows) if keys is None else keys
     names = _short_names(keys)
-    best = {h: min((r.metrics[h] for r in rows if isinstance(r.metrics.get(h), (int, float))), default=None)
-            for h in ("sliding bpb", "ttt bpb")}
+    best = {}
+    for h in ("sliding bpb", "ttt bpb"):
+        values = [r.metrics[h] for r in rows if isinstance(r.metrics.get(h), (int, float))]
+        if len(set(values)) > 1:  # all equal: nothing to mark
+            best[h] = min(values)
 
     def label(row: Row) -> str:
         return row.label + (f" ({row.state})" if row.state else "")
 
     def metric(row: Row, header: str) -> str:
         value = row.metrics.get(header)
-        if header not in best or len(rows) < 2:
+        if not best or not header.endswith(" bpb"):
             return _cell(value, header)
-        return _cell(value, header) + ("*" if value is not None and value == best[header] else " ")
+        return _cell(value, header) + ("*" if header in best and value == best[header] else " ")
 
     fixed = [("Experiment", label, "<")] + [(h, (lambda r, h=h: metric(r, h)), ">") for h, _, _ in METRICS]
     cols = [(names[k], (lambda r, k=k: _fit(_cell(r.params.get(k)), 24)), ">") for k in keys]
@@ -166,7 +169,7 @@ def render(rows: list[Row], width: int = WIDTH, keys: list[str] | None = None) -
         out += ["  ".join(f"{f(r):{a}{w}}" for (_, f, a), w in spec).rstrip() for r in rows]
         out.append("")
     legend = [f"{names[k]} = {k}" for k in keys if names[k] != k]
-    notes = ["* lowest val_bpb"] if len(rows) > 1 else []
+    notes = ["* lowest val_bpb"] if best else []
     if not keys:
         notes.append("no params differ between these rows")
     if legend:

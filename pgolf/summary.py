@@ -132,7 +132,7 @@ def _f(value: Any, digits: int = 4, sign: bool = False) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"
+    return "-" if value is None else f"{value:.1f}s"  # no space: a line never breaks inside it
 
 
 def render(summary: dict) -> str:
