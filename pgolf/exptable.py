@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,11 +184,10 @@ def _dvc_exp_show(extra: list[str]) -> Any:
     dvc_dir = find_dvc_dir(Path.cwd())
     if dvc_dir is None:
         raise PgolfError("not inside a DVC repository (no .dvc directory here or above)")
-    cmd = ["dvc", "exp", "show", "--json", *extra]
-    try:
-        proc = subprocess.run(cmd, cwd=dvc_dir.parent, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError:
-        raise PgolfError("dvc not found on PATH (activate the virtualenv: source .venv/bin/activate)") from None
+    # The dvc installed beside pgolf (a dependency), whether or not the virtualenv is activated.
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *extra]
+    proc = subprocess.run(cmd, cwd=dvc_dir.parent, capture_output=True, text=True, timeout=600)
+    cmd[:2] = ["dvc"]
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise PgolfError(f"{' '.join(cmd)} failed ({proc.returncode}): {last}")

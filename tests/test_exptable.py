@@ -31,11 +31,11 @@ def test_rows_follow_dvc_order_with_their_metrics():
     assert [r.label.strip() for r in rows] == ["workspace", "main", "layers-3-lzma", "stride-64", "layers-5-queued"]
     assert [r.kind for r in rows] == ["workspace", "commit", "experiment", "experiment", "experiment"]
     main_row = rows[1]
-    committed = {n: json.loads((Path(__file__).parents[1] / "metrics" / f"{n}.json").read_text())
-                 for n in ("eval_sliding", "eval_ttt", "pack")}
-    assert main_row.metrics == {"sliding bpb": committed["eval_sliding"]["val_bpb"],
-                                "ttt bpb": committed["eval_ttt"]["val_bpb"],
-                                "bytes_total": committed["pack"]["bytes_total"]}
+    raw = json.loads(FIXTURE.read_text())[1]["data"]["metrics"]  # the commit `main`, as DVC wrote it
+    assert main_row.metrics == {"sliding bpb": raw["metrics/eval_sliding.json"]["data"]["val_bpb"],
+                                "ttt bpb": raw["metrics/eval_ttt.json"]["data"]["val_bpb"],
+                                "bytes_total": raw["metrics/pack.json"]["data"]["bytes_total"]}
+    assert 1.0 < main_row.metrics["sliding bpb"] < 2.0 and main_row.metrics["bytes_total"] > 100_000
     assert rows[-1].state == "queued" and rows[-1].metrics["sliding bpb"] is None
     assert rows[3].params["eval_sliding.stride"] == 64 and rows[1].params["eval_sliding.stride"] == 128
 
@@ -77,6 +77,8 @@ def test_bad_input_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pgolf", "exp", "table", "--from", str(tmp_path / "nope.json")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path / 'nope.json'}: file not found"
+    proc = subprocess.run([sys.executable, "-m", "pgolf", "exp", "table"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: not inside a DVC repository")
 
 
 @pytest.mark.slow
