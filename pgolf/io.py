@@ -68,6 +68,25 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+TIMING_DIR = "timing"
+
+
+def timing_path(metrics_path: str | Path) -> Path:
+    """Where a stage's wall-clock figures go: `timing/<name>` beside its metrics file.
+
+    Durations and throughputs change on every run, so they live apart from the metrics (which a
+    seed fixes, and which dvc.lock and git record): not a DVC output, ignored by git, read by
+    `pgolf summary`."""
+    path = Path(metrics_path)
+    return path.parent / TIMING_DIR / path.name
+
+
+def write_metrics(metrics_path: str | Path, metrics: dict, timing: dict) -> None:
+    """The stage's repeatable metrics, and its timing beside them (see `timing_path`)."""
+    write_json_atomic(metrics_path, metrics)
+    write_json_atomic(timing_path(metrics_path), timing)
+
+
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     """Parse a JSON file; a missing or malformed file raises DataError naming it."""
     from pgolf.errors import DataError

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from pgolf.errors import DataError
+from pgolf.eval.methods import METHODS, report_rows, stage_methods
 from pgolf.io import read_metric, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -177,14 +178,12 @@ def write_report(live_dir: str | Path, metrics_dir: str | Path, out_dir: str | P
         raise DataError(f"{live_dir}: no DVCLive curves under plots/metrics (did the train stage run?)")
     labels = [p.relative_to(root).with_suffix("").as_posix() for p in curves]
     png = write_curves_png(curves, out_dir / "train_curve.png", title="training curves", labels=labels)
-    sliding = read_metric(metrics_dir / "eval_sliding.json", "val_bpb")
-    gap = read_metric(metrics_dir / "eval_sliding.json", "quantization_gap")
-    rows = [
-        {"method": "sliding, checkpoint (before quantization)", "val_bpb": sliding - gap},
-        {"method": "sliding, artifact", "val_bpb": sliding},
-        {"method": "chunked, artifact, no TTT", "val_bpb": read_metric(metrics_dir / "eval_ttt.json", "val_bpb_no_ttt")},
-        {"method": "TTT, artifact", "val_bpb": read_metric(metrics_dir / "eval_ttt.json", "val_bpb")},
-    ]
+    metrics = {}
+    for name in stage_methods():  # the evaluation registry decides the rows
+        path = metrics_dir / f"eval_{name}.json"
+        keys = {"val_bpb", "quantization_gap", METHODS[name].gap_metric}
+        metrics[name] = {key: read_metric(path, key) for key in keys}
+    rows = report_rows(metrics)
     table = write_bpb_table(rows, out_dir / "eval_bpb.json")
     bpb_png = write_bpb_png(rows, out_dir / "eval_bpb.png")
     log.info("train_curve_png: %s", png)

@@ -16,6 +16,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from pgolf.io import timing_path
+
 WIDTH = 100
 FILES = ("audit", "train", "calibrate", "quantize", "pack", "eval_sliding", "eval_ttt", "aggregate")
 DEFAULT_LIMIT = 16_000_000
@@ -62,7 +64,8 @@ def collect(metrics_dir: str | Path = "metrics") -> dict[str, Any]:
     """The summary as plain data (what `--json` prints)."""
     metrics_dir = Path(metrics_dir)
     loaded = {name: _load(metrics_dir / f"{name}.json") for name in FILES}
-    m = {name: data for name, (data, _) in loaded.items()}
+    # Durations and throughputs live in metrics/timing/ (they change run to run; see pgolf.io.timing_path).
+    m = {name: {**_load(timing_path(metrics_dir / f"{name}.json"))[0], **data} for name, (data, _) in loaded.items()}
     sliding, ttt, pack, train = m["eval_sliding"], m["eval_ttt"], m["pack"], m["train"]
     total, limit = _num(pack, "bytes_total"), _num(pack, "limit_bytes")
     if limit is None and total is not None:

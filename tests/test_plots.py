@@ -40,7 +40,7 @@ def _metrics(tmp_path):
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     (metrics / "eval_sliding.json").write_text(json.dumps({"val_bpb": 2.0, "quantization_gap": 0.25}))
-    (metrics / "eval_ttt.json").write_text(json.dumps({"val_bpb": 1.9, "val_bpb_no_ttt": 2.1}))
+    (metrics / "eval_ttt.json").write_text(json.dumps({"val_bpb": 1.9, "val_bpb_no_ttt": 2.1, "quantization_gap": 0.2}))
     return metrics
 
 
@@ -50,7 +50,12 @@ def test_report_writes_png_and_table(tmp_path):
     assert (tmp_path / "out" / "eval_bpb.png").read_bytes()[:8] == PNG_MAGIC
     table = json.loads((tmp_path / "out" / "eval_bpb.json").read_text())
     assert table == result["eval_bpb"]
-    assert [row["val_bpb"] for row in table] == [1.75, 2.0, 2.1, 1.9]
+    # The evaluation registry decides the rows: per stage method, checkpoint and artifact on the
+    # score the quantization gap compares, then the method's val_bpb.
+    assert [(row["method"], row["val_bpb"]) for row in table] == [
+        ("sliding: checkpoint", 1.75), ("sliding: artifact", 2.0),
+        ("ttt: checkpoint, no TTT", pytest.approx(1.9)), ("ttt: artifact, no TTT", 2.1), ("ttt: artifact", 1.9),
+    ]
 
 
 def test_report_errors_are_clear(tmp_path):

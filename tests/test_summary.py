@@ -27,11 +27,25 @@ def test_summary_of_the_committed_run_matches_its_files():
     assert s["quantization_gap"] == {"sliding": sliding["quantization_gap"], "ttt": ttt["quantization_gap"]}
     assert s["bytes"]["total"] == pack["bytes_total"] == s["bytes"]["model"] + s["bytes"]["code"]
     assert s["bytes"]["headroom"] == pack["limit_bytes"] - pack["bytes_total"]
-    assert s["train"]["steps"] == train["steps"] and s["stage_seconds"]["train"] == train["wallclock_seconds"]
-    assert s["stage_seconds"]["calibrate"] == _read("calibrate.json")["calibrate_time_s"]
-    assert s["stage_seconds"]["quantize"] == _read("quantize.json")["quantize_time_s"]
-    assert s["stage_seconds"]["eval_ttt"] == ttt["seconds"]
+    assert s["train"]["steps"] == train["steps"]
     assert s["seeds"]["seeds"] == _read("aggregate.json")["seeds"]
+
+
+def test_summary_reads_stage_times_from_the_timing_files(tmp_path):
+    """Durations change run to run, so stages write them to metrics/timing/ (untracked), not metrics/."""
+    metrics = tmp_path / "metrics"
+    shutil.copytree(METRICS, metrics, ignore=shutil.ignore_patterns("timing", "plots"))
+    assert collect(metrics)["stage_seconds"]["calibrate"] is None  # a fresh clone: not measured here
+    (metrics / "timing").mkdir()
+    timing = {"train.json": {"wallclock_seconds": 250.5, "tokens_per_second": 4900.0}, "calibrate.json": {"calibrate_time_s": 3.5},
+              "quantize.json": {"quantize_time_s": 7.25}, "eval_ttt.json": {"seconds": 160.0}}
+    for name, values in timing.items():
+        (metrics / "timing" / name).write_text(json.dumps(values))
+    s = collect(metrics)
+    assert s["stage_seconds"]["train"] == 250.5 and s["train"]["tokens_per_second"] == 4900.0
+    assert s["stage_seconds"]["calibrate"] == 3.5 and s["stage_seconds"]["quantize"] == 7.25
+    assert s["stage_seconds"]["eval_ttt"] == 160.0
+    assert not set(_read("train.json")) & {"wallclock_seconds", "tokens_per_second"}  # never in the tracked metrics
 
 
 def test_summary_text_fits_one_screen(capsys):

@@ -41,6 +41,8 @@ class EvalMethod:
     gap_score: Callable[[nn.Module, ValStream, Any], float]
     stage: bool  # a DVC stage `eval_<name>` with a params section of that name
     description: str
+    gap_metric: str = "val_bpb"  # the metrics key holding `MethodOutcome.gap_bpb` (report rows)
+    gap_label: str = ""  # how report rows name that score when it is not val_bpb
 
 
 def _plain(model: nn.Module, stream: ValStream, params: EvalPlainParams) -> MethodOutcome:
@@ -89,8 +91,22 @@ METHODS: dict[str, EvalMethod] = {
     "sliding": EvalMethod(EvalSlidingParams, _sliding, lambda m, s, p: _sliding(m, s, p).result.val_bpb, True,
                           "windows of `window` tokens every `stride`; each later window scores its last `stride`"),
     "ttt": EvalMethod(EvalTTTParams, _ttt, lambda m, s, p: run_ttt(m, s, p, adapt=False).result.val_bpb, True,
-                      "score-first test-time training, with the legality check C1-C4"),
+                      "score-first test-time training, with the legality check C1-C4", "val_bpb_no_ttt", "no TTT"),
 }
+
+
+def report_rows(metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The val_bpb rows of the report: per stage method (metrics/eval_<name>.json as `metrics[name]`),
+    the checkpoint and the artifact on the score the gap compares, then the method's val_bpb."""
+    rows = []
+    for name in stage_methods():
+        method, m = METHODS[name], metrics[name]
+        suffix = f", {method.gap_label}" if method.gap_label else ""
+        rows.append({"method": f"{name}: checkpoint{suffix}", "val_bpb": m[method.gap_metric] - m["quantization_gap"]})
+        if method.gap_metric != "val_bpb":
+            rows.append({"method": f"{name}: artifact{suffix}", "val_bpb": m[method.gap_metric]})
+        rows.append({"method": f"{name}: artifact", "val_bpb": m["val_bpb"]})
+    return rows
 
 
 def stage_methods() -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.eval.methods import METHODS
-from pgolf.io import write_json_atomic
+from pgolf.io import write_metrics
 from pgolf.model.checkpoint import load_model
 from pgolf.runtime import default_device, evaluate_artifact, load_artifact_model, load_val_stream
 
@@ -30,9 +30,11 @@ def eval_stage(method: str, params: Any, artifact: str | Path, shards: str | Pat
         checkpoint_bpb = METHODS[method].gap_score(load_model(checkpoint).to(default_device()).eval(), stream, params)
         log.info("checkpoint_val_bpb: %.6f", checkpoint_bpb)
         gap = outcome.gap_bpb - checkpoint_bpb
-    metrics: dict[str, Any] = {**outcome.result.to_dict(), "quantization_gap": gap, **outcome.extra}
-    for key, value in metrics.items():
+    result = outcome.result.to_dict()
+    timing = {"seconds": result.pop("seconds")}  # changes run to run: kept apart from the metrics
+    metrics: dict[str, Any] = {**result, "quantization_gap": gap, **outcome.extra}
+    for key, value in {**metrics, **timing}.items():
         if key != "legality":
             log.info("%s: %s", key, value)
-    write_json_atomic(metrics_path, metrics)
+    write_metrics(metrics_path, metrics, timing)
     return metrics

@@ -23,7 +23,7 @@ from torch import nn
 from pgolf.config.calibrate import CalibrateParams
 from pgolf.data.shards import read_shard
 from pgolf.errors import DataError
-from pgolf.io import atomic_dir, read_json, write_json_atomic
+from pgolf.io import atomic_dir, read_json, write_json_atomic, write_metrics
 from pgolf.model.checkpoint import load_model, read_train_param
 from pgolf.quant.hessian import HessianSet, collect_hessians
 
@@ -114,6 +114,7 @@ def calibrate_stage(params: CalibrateParams, checkpoint_dir: str | Path, train_s
     with atomic_dir(out_dir) as tmp:
         save_hessians(hs, tmp, names)
     result = CalibrateResult(hs.tokens, params.batches, params.seq_len, len(hs.layers), len(hs.hessians), tuple(names), time.perf_counter() - started)
-    write_json_atomic(metrics_path, result.__dict__ | {"shards": names})
+    metrics = {k: v for k, v in result.__dict__.items() if k != "calibrate_time_s"} | {"shards": names}
+    write_metrics(metrics_path, metrics, {"calibrate_time_s": result.calibrate_time_s})
     log.info("tokens: %d layers: %d groups: %d calibrate_time_s: %.1f", result.tokens, result.layers, result.groups, result.calibrate_time_s)
     return result

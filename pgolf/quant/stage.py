@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.config.quantize import QuantizeParams
-from pgolf.io import atomic_dir, write_json_atomic
+from pgolf.io import atomic_dir, write_metrics
 from pgolf.model.checkpoint import load_model, read_checkpoint_json
 from pgolf.quant.apply import quantize_state, summarize_report
 from pgolf.quant.calibrate import load_hessians
@@ -36,6 +36,7 @@ def quantize_stage(params: QuantizeParams, checkpoint_dir: str | Path, calibrate
     with atomic_dir(out_dir) as tmp:
         save_quantized(qm, tmp)
     result = QuantizeResult(params.method, len(qm.quantized), len(qm.passthrough), time.perf_counter() - started)
-    write_json_atomic(metrics_path, result.__dict__ | {"groups": summarize_report(qm.report), "tensors": qm.report})
+    metrics = {k: v for k, v in result.__dict__.items() if k != "quantize_time_s"} | {"groups": summarize_report(qm.report), "tensors": qm.report}
+    write_metrics(metrics_path, metrics, {"quantize_time_s": result.quantize_time_s})
     log.info("method: %s tensors_quantized: %d quantize_time_s: %.1f", params.method, result.tensors_quantized, result.quantize_time_s)
     return result

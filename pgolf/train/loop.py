@@ -72,8 +72,14 @@ class TrainResult:
     stopped_by: str  # "iterations" | "wallclock"
     resumed_from_step: int
 
+    TIMING = ("tokens_per_second", "wallclock_seconds")  # change run to run: kept apart from the metrics
+
     def metrics(self) -> dict[str, float | int | str]:
-        return asdict(self)
+        """What a seed fixes (metrics/train.json)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.TIMING}
+
+    def timing(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in self.TIMING}
 
 
 def resolve_model_config(model: ModelParams, shards_dir: Path) -> ModelParams:
@@ -177,13 +183,16 @@ class Trainer:
         return total / self.accum
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def _save(self, directory: Path, raw: dict[str, Tensor] | None = None) -> None:
-        """Rank 0 writes a checkpoint; `raw` overrides the training weights (after the EMA swap-in)."""
+    def _save(self, directory: Path, raw: dict[str, Tensor] | None = None, resumable: bool = True) -> None:
+        """Rank 0 writes a checkpoint; `raw` overrides the training weights (after the EMA swap-in).
+        The final checkpoint (`resumable=False`, a DVC output) holds no wall-clock figure, so a seed
+        fixes its bytes."""
         if self.info.is_main:
             raw = raw if raw is not None else self.model.state_dict()
             weights = self.ema.state_dict() if self.ema is not None else raw
             state = ckpt.optimizer_tensors(self.model, self.optimizers)
-            state["train_seconds"] = torch.tensor(self.train_seconds, dtype=torch.float64)
+            if resumable:
+                state["train_seconds"] = torch.tensor(self.train_seconds, dtype=torch.float64)
             state["best_train_loss"] = torch.tensor(self.best_loss, dtype=torch.float64)
             state["train_loss"] = torch.tensor(self.last_loss, dtype=torch.float64)
             if self.ema is not None:
@@ -261,7 +270,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
                 lrs = {f"lr/{g['group_name']}": g["lr"] for opt in self.optimizers for g in opt.param_groups}
-                self.curves.log(self.step, {"train/loss": loss_value, **lrs, "tokens_per_second": tokens_per_second})
+                self.curves.log(self.step, {"train/loss": loss_value, **lrs})  # throughput: log lines and timing only
                 if self.step % p.log_every == 0 or self.step == 1:
                     log.info(f"step: {self.step} train_loss: {loss_value:.4f} lr_scale: {lr:.4f} tokens_per_second: {tokens_per_second:.0f}")
                 if p.val_every and self.step % p.val_every == 0 and self.step < p.iterations:
@@ -293,7 +302,7 @@ class Trainer:
                 f"iterations or other learning rates, and check the shards' tokenizer; to keep this model set "
                 f"train.final_val_ceiling: 0, {accept})"
             )
-        self._save(self.out_dir / CHECKPOINT_SUBDIR, raw)
+        self._save(self.out_dir / CHECKPOINT_SUBDIR, raw, resumable=False)
         if info.is_main and self.resume_dir.exists():
             shutil.rmtree(self.resume_dir)
         return TrainResult(

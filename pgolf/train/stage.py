@@ -25,7 +25,7 @@ from pgolf.dist import (
     watch_parent,
     worker_stops_quietly,
 )
-from pgolf.io import read_json, write_json_atomic
+from pgolf.io import read_json, timing_path, write_metrics
 
 if TYPE_CHECKING:
     from pgolf.train.loop import TrainResult
@@ -78,7 +78,7 @@ def _train_here(params: TrainParams, shards: Path, out: Path, metrics: Path, liv
     try:
         result = train(params, shards, out, info, live)
         if info.is_main:
-            write_json_atomic(metrics, result.metrics())
+            write_metrics(metrics, result.metrics(), result.timing())
             log.info(f"val_loss: {result.val_loss:.4f} steps: {result.steps} wallclock_seconds: {result.wallclock_seconds:.1f}")
         return result if info.is_main else None
     except Exception as exc:
@@ -91,7 +91,7 @@ def _train_here(params: TrainParams, shards: Path, out: Path, metrics: Path, liv
 def _result_from(metrics: Path) -> TrainResult:
     from pgolf.train.loop import TrainResult
 
-    data = read_json(metrics, "train metrics")
+    data = {**read_json(metrics, "train metrics"), **read_json(timing_path(metrics), "train timing")}
     return TrainResult(**{f.name: data[f.name] for f in fields(TrainResult)})
 
 
