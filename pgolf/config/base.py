@@ -117,6 +117,13 @@ def validate_section(model: type[Section], data: Any, prefix: str) -> Section:
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 
+def known_name(value: str, registry: dict) -> str:
+    """`value` if it names an entry of `registry` (a validator's check for registry-selected code)."""
+    if value not in registry:
+        raise ValueError(f"must be one of {', '.join(map(repr, registry))}")
+    return value
+
+
 def read_params_file(path: str | Path = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     """The raw mapping in params.yaml; ParamsError if it is missing or not a YAML mapping."""
     path = Path(path)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pgolf.config.base import Section
+from pgolf.config.base import Section, known_name
 
 
 class PackParams(Section):
@@ -40,15 +40,11 @@ class PackParams(Section):
     def _known_compressor(cls, value: str) -> str:
         from pgolf.pack.codecs import SYMBOL_CODERS
 
-        if value not in SYMBOL_CODERS:
-            raise ValueError(f"must be one of {', '.join(map(repr, SYMBOL_CODERS))}")
-        return value
+        return known_name(value, SYMBOL_CODERS)
 
     @field_validator("side_codec")
     @classmethod
     def _known_codec(cls, value: str) -> str:
         from pgolf.pack.codecs import CODECS
 
-        if value not in CODECS:
-            raise ValueError(f"must be one of {', '.join(map(repr, CODECS))}")
-        return value
+        return known_name(value, CODECS)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pgolf.config.base import Section
+from pgolf.config.base import Section, known_name
 
 
 class GroupQuant(Section):
@@ -39,17 +39,11 @@ class QuantizeParams(Section):
     def _known_method(cls, value: str) -> str:
         from pgolf.quant.methods import QUANTIZERS
 
-        return _known(value, QUANTIZERS)
+        return known_name(value, QUANTIZERS)
 
     @field_validator("scale")
     @classmethod
     def _known_scale(cls, value: str) -> str:
         from pgolf.quant.methods import SCALE_RULES
 
-        return _known(value, SCALE_RULES)
-
-
-def _known(value: str, registry: dict) -> str:
-    if value not in registry:
-        raise ValueError(f"must be one of {', '.join(map(repr, registry))}")
-    return value
+        return known_name(value, SCALE_RULES)
