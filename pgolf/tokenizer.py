@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sentencepiece as spm
 
 from pgolf.bytetable import SPACE_PIECE, ByteTable, byte_table, load_processor, stream_bytes, token_bytes

@@ -7,7 +7,6 @@ no other section's code); `pgolf params check` validates the whole file here (`l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pgolf.config.aggregate import AggregateParams
 from pgolf.config.base import DEFAULT_PARAMS_PATH, Section, read_params_file, validate_section
