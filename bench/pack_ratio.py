@@ -35,7 +35,7 @@ COMPRESSORS = (("zstd-22", "zstd", 22), ("brotli-11", "brotli", 11), ("lzma-9e",
 def quantized_model(checkpoint: Path, random_config: dict, params: QuantizeParams) -> tuple[QuantizedModel, str]:
     if (checkpoint / "model.safetensors").is_file():
         from pgolf.io import read_json
-        from pgolf.train.checkpoint import load_model
+        from pgolf.model.checkpoint import load_model
 
         model = load_model(checkpoint)
         return quantize_state(model.state_dict(), {}, params, read_json(checkpoint / "checkpoint.json")["model_config"]), f"checkpoint {checkpoint}"

@@ -22,7 +22,8 @@ from pgolf.data.docs import Fetched, iter_docs, read_fetched
 from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens, read_header, split_documents
 from pgolf.errors import AuditError, DataError, ShardError
 from pgolf.io import read_json, write_json_atomic
-from pgolf.tokenizer import SPACE_PIECE, byte_table, check_tokenizer, load_processor, read_tokenizer, stream_bytes
+from pgolf.bytetable import SPACE_PIECE, byte_table, load_processor, stream_bytes
+from pgolf.tokenizer import check_tokenizer, read_tokenizer
 
 log = logging.getLogger(__name__)
 

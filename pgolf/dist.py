@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+TORCHRUN_ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"  # set by torchrun in each worker: where it reads a failure
 INIT_TIMEOUT = timedelta(minutes=10)
 EXIT_INTERRUPTED = 130  # as pgolf.stage
 SHUTDOWN_SECONDS = 60  # for workers told to stop to finish the step, save and exit; then SIGKILL
@@ -181,7 +182,7 @@ def record_worker_error(exc: Exception) -> None:
     """Under torchrun: write the error's one line where the agent reads it (TORCHELASTIC_ERROR_FILE),
     with the time; the first record wins. Call it before leaving the process group, so that a peer
     that then loses its connection records a later time."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    path = os.environ.get(TORCHRUN_ERROR_FILE_ENV)
     if not path or Path(path).exists():
         return
     text = str(exc) if isinstance(exc, PgolfError) else f"rank {os.environ.get('RANK', '?')}: {type(exc).__name__}: {exc}"

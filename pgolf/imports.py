@@ -75,11 +75,15 @@ def _graph(root: str, signature: tuple) -> dict[str, set[str]]:
 def closure(entries: list[str], root: str | Path) -> list[str]:
     """The entry modules and every pgolf module they import transitively (with their parent
     packages), sorted by name. An unknown entry is a ValueError."""
-    graph = import_graph(root)
+    return reachable(import_graph(root), entries, str(root))
+
+
+def reachable(graph: dict[str, set[str]], entries: list[str], where: str = "the graph") -> list[str]:
+    """`closure` over a graph already built (one graph for many queries)."""
     todo = []
     for entry in entries:
         if entry not in graph:
-            raise ValueError(f"{entry}: not a module of {PACKAGE} under {root}")
+            raise ValueError(f"{entry}: not a module of {PACKAGE} under {where}")
         todo.extend([entry, *(p for p in _parents(entry) if p in graph)])
     seen: set[str] = set()
     while todo:

@@ -1,11 +1,7 @@
-"""SentencePiece BPE with the challenge's settings, and the byte table behind val_bpb.
+"""SentencePiece BPE with the challenge's settings (the byte table behind val_bpb is `pgolf.bytetable`).
 
 `train_tokenizer` trains on the documents it is given (the stage passes training documents only,
 never validation ones) and is deterministic: the same input gives a byte-identical model.
-`byte_table` / `token_bytes` implement the challenge's byte accounting: control, unknown and unused
-ids are boundary tokens costing 0 bytes; byte-fallback pieces ``<0xNN>`` cost 1 byte; any other
-piece costs the UTF-8 length of the piece without a leading ``▁``, plus 1 byte for that ``▁`` only
-when the previous token is not a boundary token.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ from typing import Any
 
 import sentencepiece as spm
 
-from pgolf.bytetable import SPACE_PIECE, ByteTable, byte_table, load_processor, stream_bytes, token_bytes
+from pgolf.bytetable import SPACE_PIECE, load_processor
 from pgolf.config.data import ExportParams, TokenizerParams
 from pgolf.data.docs import Fetched, iter_docs, read_fetched, sha256_file
 from pgolf.errors import DataError, PgolfError
@@ -239,5 +235,3 @@ def _copy_official(fetched: Fetched, params: TokenizerParams, out_dir: Path) -> 
         write_vocab(sp, out_dir / VOCAB_FILE)
     return {"source": "official", "official_model": source.name}
 
-
-__all__ = ["SPACE_PIECE", "ByteTable", "byte_table", "build_tokenizer", "check_tokenizer", "load_processor", "read_tokenizer", "stream_bytes", "token_bytes", "train_tokenizer"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from pgolf.imports import closure, import_graph, module_files, script_imports
+from pgolf.imports import closure, import_graph, module_files, reachable, script_imports
 
 MAX_MODULE_LINES = 400
 NO_TRAINING = ("pgolf.quant", "pgolf.pack", "pgolf.eval")  # never import pgolf.train
@@ -28,7 +28,7 @@ def import_walls(root: Path) -> list[str]:
     graph = import_graph(root)
     out = []
     for module in sorted(graph):
-        reached = closure([module], root)
+        reached = reachable(graph, [module])
         if _in(module, NO_TRAINING):
             out += [f"{module} imports training ({m})" for m in reached if _in(m, ("pgolf.train",))]
         if _in(module, (MODEL,)):

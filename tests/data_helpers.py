@@ -9,7 +9,8 @@ import pydoc_data.topics
 
 from pgolf.config.data import TokenizerParams
 from pgolf.data.docs import DOCS_FILE, FETCH_MANIFEST, encode_doc_line
-from pgolf.tokenizer import load_processor, train_tokenizer
+from pgolf.bytetable import load_processor
+from pgolf.tokenizer import train_tokenizer
 
 
 def english_docs(target_bytes: int = 2000) -> list[str]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgolf.eval.bpb import ValStream, stream_from_tokens
-from pgolf.tokenizer import ByteTable
+from pgolf.bytetable import ByteTable
 
 BOS = 1
 VOCAB = 24
@@ -70,7 +70,7 @@ def make_workspace(root: Path) -> dict:
     from pgolf.model import GPT, model_config_dict
     from pgolf.pack.pack import pack_model
     from pgolf.quant.apply import quantize_state
-    from pgolf.tokenizer import byte_table, stream_bytes
+    from pgolf.bytetable import byte_table, stream_bytes
     from pgolf.train.checkpoint import CheckpointMeta, save_checkpoint
     from pgolf.train.data import StreamPosition
 

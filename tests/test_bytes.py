@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgolf.errors import DataError
-from pgolf.tokenizer import BOS_ID, SPACE_PIECE, byte_table, stream_bytes, token_bytes
+from pgolf.bytetable import SPACE_PIECE, byte_table, stream_bytes, token_bytes
+from pgolf.tokenizer import BOS_ID
 
 
 @pytest.fixture(scope="module")

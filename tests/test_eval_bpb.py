@@ -12,7 +12,7 @@ from eval_helpers import BOS, byte_table, random_stream, random_tokens
 
 from pgolf.errors import DataError
 from pgolf.eval.bpb import ValStream, log_mass, new_nll_array, stream_from_tokens, summarize, token_nll
-from pgolf.tokenizer import stream_bytes
+from pgolf.bytetable import stream_bytes
 
 
 def test_summarize_is_the_challenge_formula() -> None:

@@ -22,7 +22,7 @@ from pgolf.data.shards import SHARDS_MANIFEST, write_shard
 from pgolf.model import GPT, model_config_dict
 from pgolf.pack.pack import pack_model
 from pgolf.quant.apply import quantize_state
-from pgolf.tokenizer import byte_table, stream_bytes
+from pgolf.bytetable import byte_table, stream_bytes
 from pgolf.train.checkpoint import CheckpointMeta, save_checkpoint
 from pgolf.train.data import StreamPosition
 

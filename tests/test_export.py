@@ -13,7 +13,8 @@ from pgolf.data.docs import read_fetched
 from pgolf.data.export import export_shards
 from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens, read_header, shard_name, write_shard
 from pgolf.errors import DataError, ShardError
-from pgolf.tokenizer import MODEL_FILE, build_tokenizer, load_processor
+from pgolf.bytetable import load_processor
+from pgolf.tokenizer import MODEL_FILE, build_tokenizer
 
 VAL_DOCS = 12
 SHARD_TOKENS = 4096

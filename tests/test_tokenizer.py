@@ -10,12 +10,12 @@ from data_helpers import english_docs, make_fetch_dir
 
 from pgolf.config.data import ExportParams, TokenizerParams
 from pgolf.errors import DataError, PgolfError
+from pgolf.bytetable import load_processor
 from pgolf.tokenizer import (
     INFO_FILE,
     MODEL_FILE,
     VOCAB_FILE,
     build_tokenizer,
-    load_processor,
     read_tokenizer,
     train_tokenizer,
     trainer_options,

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from pgolf.config.train import TrainParams
 from pgolf.dist import DistInfo
 from pgolf.errors import DataError, ParamsError
-from pgolf.train.checkpoint import load_model, read_meta
+from pgolf.model.checkpoint import load_model
+from pgolf.train.checkpoint import read_meta
 from pgolf.train.data import DistributedBatches, StreamPosition, TokenStream, validation_tokens
 from pgolf.train.loop import Trainer, TrainingDiverged, train
 from pgolf.train.schedule import lr_scale, muon_momentum, progress

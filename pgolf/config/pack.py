@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from pgolf.config.base import Section, known_name
 
@@ -35,16 +35,9 @@ class PackParams(Section):
                 raise ValueError(f"{name!r} must be a dotted pgolf module name such as pgolf.runtime")
         return value
 
-    @field_validator("compressor")
+    @field_validator("compressor", "side_codec")
     @classmethod
-    def _known_compressor(cls, value: str) -> str:
-        from pgolf.pack.codecs import SYMBOL_CODERS
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        from pgolf.pack.codecs import CODECS, SYMBOL_CODERS
 
-        return known_name(value, SYMBOL_CODERS)
-
-    @field_validator("side_codec")
-    @classmethod
-    def _known_codec(cls, value: str) -> str:
-        from pgolf.pack.codecs import CODECS
-
-        return known_name(value, CODECS)
+        return known_name(value, {"compressor": SYMBOL_CODERS, "side_codec": CODECS}[info.field_name])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from pgolf.config.base import Section, known_name
 
@@ -34,16 +34,9 @@ class QuantizeParams(Section):
     lowrank_rank: int = Field(0, ge=0, le=1024, description="rank of a float16 low-rank correction U V^T of each quantized matrix's residual (pgolf/quant/lowrank.py); 0 = off")
     passthrough_dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="storage dtype of passthrough tensors")
 
-    @field_validator("method")
+    @field_validator("method", "scale")
     @classmethod
-    def _known_method(cls, value: str) -> str:
-        from pgolf.quant.methods import QUANTIZERS
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        from pgolf.quant.methods import QUANTIZERS, SCALE_RULES
 
-        return known_name(value, QUANTIZERS)
-
-    @field_validator("scale")
-    @classmethod
-    def _known_scale(cls, value: str) -> str:
-        from pgolf.quant.methods import SCALE_RULES
-
-        return known_name(value, SCALE_RULES)
+        return known_name(value, {"method": QUANTIZERS, "scale": SCALE_RULES}[info.field_name])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pgolf.config.aggregate import AggregateParams
-from pgolf.config.base import DEFAULT_PARAMS_PATH, Section, read_params_file, validate_section
+from pgolf.config.base import DEFAULT_PARAMS_PATH, Section, load_section_as, read_params_file, validate_section
 from pgolf.config.data import AuditParams, ExportParams, FetchParams, TokenizerParams
 from pgolf.config.train import TrainParams
 from pgolf.config.eval import EvalSlidingParams, EvalTTTParams
@@ -37,7 +37,7 @@ def load_section(name: str, path: str | Path = DEFAULT_PARAMS_PATH) -> Section:
     """Validate and return one section; a missing section takes every default."""
     if name not in SECTIONS:
         raise ParamsError(f"{name}: no such params section (known: {', '.join(SECTIONS)})")
-    return validate_section(SECTIONS[name], read_params_file(path).get(name), name)
+    return load_section_as(SECTIONS[name], name, path)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH, require_all: bool = False) -> dict[str, Section]:

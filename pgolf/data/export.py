@@ -32,7 +32,8 @@ from pgolf.data.docs import Fetched, iter_docs
 from pgolf.data.shards import SHARDS_MANIFEST, TOKEN_DTYPE, list_shards, read_shard, shard_name, write_shard
 from pgolf.errors import DataError
 from pgolf.io import atomic_dir, write_json_atomic
-from pgolf.tokenizer import TokenizerInfo, load_processor, read_tokenizer
+from pgolf.bytetable import load_processor
+from pgolf.tokenizer import TokenizerInfo, read_tokenizer
 
 log = logging.getLogger(__name__)
 

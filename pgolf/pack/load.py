@@ -52,7 +52,7 @@ def _itemsize(dtype: str) -> int:
     return torch.empty(0, dtype=TORCH_DTYPES[dtype]).element_size()
 
 
-PartKey = tuple[str, str, "str | None"]  # (name, role, part)
+PartKey = tuple[str, str, str | None]  # (name, role, part)
 
 
 def decode_tensors(parsed: ParsedArtifact) -> dict[PartKey, torch.Tensor]:
@@ -70,12 +70,15 @@ def decode_tensors(parsed: ParsedArtifact) -> dict[PartKey, torch.Tensor]:
 
 def quantized_tensors(parsed: ParsedArtifact, decoded: dict[PartKey, torch.Tensor]) -> dict[str, QuantizedTensor]:
     """The artifact's quantized tensors as the shared `QuantizedTensor`, each checked."""
+    extras: dict[str, dict[str, torch.Tensor]] = {}
+    for (name, role, part), tensor in decoded.items():
+        if role == "extra":
+            extras.setdefault(name, {})[part] = tensor
     out: dict[str, QuantizedTensor] = {}
     for entry in parsed.header.tensors:
         if entry.role != "q":
             continue
-        extras = {part: t for (name, role, part), t in decoded.items() if name == entry.name and role == "extra"}
-        qt = QuantizedTensor(entry.name, "", int(entry.bits), decoded[(entry.name, "q", None)], decoded[(entry.name, "scale", None)], entry.out_dtype, extras)
+        qt = QuantizedTensor(entry.name, "", int(entry.bits), decoded[(entry.name, "q", None)], decoded[(entry.name, "scale", None)], entry.out_dtype, extras.get(entry.name, {}))
         qt.check()
         out[entry.name] = qt
     return out

@@ -23,13 +23,10 @@ from torch import nn
 
 from pgolf.errors import DataError
 from pgolf.io import atomic_dir, read_json, write_json_atomic
-from pgolf.model.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, load_model, read_tensors, read_weights
+from pgolf.model.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, read_tensors
 from pgolf.train.data import StreamPosition
 
 CHECKPOINT_FORMAT = 1
-__all__ = ["CheckpointMeta", "load_model", "read_meta", "read_state", "read_weights", "save_checkpoint"]
-
-
 @dataclass(frozen=True)
 class CheckpointMeta:
     model_config: dict[str, Any]

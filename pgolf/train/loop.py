@@ -35,6 +35,7 @@ from pgolf.dist import DistInfo, average_gradients, barrier, broadcast_params, s
 from pgolf.errors import DataError, ParamsError
 from pgolf.io import read_json
 from pgolf.model import GPT, count_params
+from pgolf.model.checkpoint import read_weights
 from pgolf.optim import build_optimizers, set_schedule
 from pgolf.train import checkpoint as ckpt
 from pgolf.train import guards
@@ -144,7 +145,7 @@ class Trainer:
             return StreamPosition()
         meta = ckpt.read_meta(self.resume_dir)
         state = ckpt.read_state(self.resume_dir)
-        weights = ckpt.read_weights(self.resume_dir)
+        weights = read_weights(self.resume_dir)
         raw = {k.removeprefix("raw/"): v for k, v in state.items() if k.startswith("raw/")} if self.ema else weights
         self.model.load_state_dict(raw, strict=True)
         if self.ema is not None:
