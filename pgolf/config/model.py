@@ -33,6 +33,28 @@ class ModelParams(Section):
     skips: bool = Field(True, description="U-Net skips: second-half blocks add weighted outputs of first-half blocks (official: true)")
     resid_mix: bool = Field(True, description="each block mixes its input with the normalized embedding x0 by learned weights (official: true)")
     norm_eps: float | None = Field(None, gt=0.0, le=1.0, description="RMSNorm epsilon; null = torch's default for the dtype")
+    bos_id: int = Field(1, ge=0, description="token id that starts every document (official: 1); doc_attention and smear_gate stop at it")
+    # Record-stack options (CHALLENGE.md, PR #2135 lineage). Each defaults off; the baseline is unchanged.
+    xsa_layers: int = Field(0, ge=0, le=64, description="XSA on the last N layers: remove each head's output component along its normalized value (records: all 11)")
+    recur_start: int = Field(0, ge=0, description="first layer of the depth-recurrence span [recur_start, recur_end] (records: 3)")
+    recur_end: int = Field(0, ge=0, description="last layer of the span (records: 5)")
+    recur_loops: int = Field(0, ge=0, le=8, description="extra applications of the span with shared weights; 0 = off (records: 2)")
+    recur_from_progress: float = Field(0.0, ge=0.0, le=1.0, description="fraction of training after which recurrence is on (records: 0.35); evaluation always uses it")
+    parallel_from: int | None = Field(None, ge=1, description="two parallel residual lanes (attention, MLP) with learned mixing from this layer on; null = off (records: 8)")
+    parallel_final: Literal["mean", "attn", "mlp"] = Field("mean", description="which lane (or their mean) feeds the final norm (records: mean)")
+    skip_gates: bool = Field(False, description="U-Net skips as a sigmoid-gated lerp instead of a weighted add (records: on)")
+    ln_scale: bool = Field(False, description="block input norms scaled by 1/sqrt(layer + 1) (records: on)")
+    smear_gate: bool = Field(False, description="SmearGate on the token embeddings: x_t += lambda*sigmoid(w.x_t[:k])*x_{t-1}, always masked at BOS (records: on)")
+    smear_window: int = Field(12, ge=1, description="k: leading embedding dims feeding the smear gate (records: 12)")
+    attn_out_gate: bool = Field(False, description="sparse attention-output gate: per head sigmoid(scale * W x[:k]) on its output (records: on)")
+    attn_gate_window: int = Field(12, ge=1, description="k: leading input dims feeding the attention-output gate (records: 12)")
+    attn_gate_scale: float = Field(1.0, gt=0.0, description="scale inside the attention-output gate's sigmoid (records: 1.0)")
+    asymmetric_softcap: bool = Field(False, description="learned positive and negative logit caps, both initialized to logit_softcap (records: on, 30/30)")
+    bigram_buckets: int = Field(0, ge=0, le=1 << 20, description="BigramHash embedding: hashed (previous, current) token pairs into this many buckets; 0 = off")
+    bigram_dim: int = Field(128, ge=1, le=8192, description="width of the BigramHash table (projected to the model width)")
+    value_embed_layers: list[int] = Field(default_factory=list, description="layers whose attention values get a learned value embedding of the token added; [] = off")
+    value_embed_dim: int = Field(128, ge=1, le=8192, description="width of the shared value-embedding table (projected to each layer's value width)")
+    doc_attention: bool = Field(False, description="attention never crosses a BOS: each document attends only to itself (CPU: a mask; CUDA: FlexAttention)")
 
     @model_validator(mode="after")
     def _shape(self) -> ModelParams:
@@ -45,6 +67,22 @@ class ModelParams(Section):
             raise ValueError(f"head dim width/heads = {head_dim} must be even for RoPE")
         if self.rope_dims is not None and (self.rope_dims % 2 or self.rope_dims > head_dim):
             raise ValueError(f"rope_dims ({self.rope_dims}) must be even and <= the head dim ({head_dim})")
+        if self.vocab_size is not None and self.bos_id >= self.vocab_size:
+            raise ValueError(f"bos_id ({self.bos_id}) must be < vocab_size ({self.vocab_size})")
+        if self.xsa_layers > self.layers:
+            raise ValueError(f"xsa_layers ({self.xsa_layers}) must be <= layers ({self.layers})")
+        if self.recur_loops and not (self.recur_start <= self.recur_end < self.layers):
+            raise ValueError(f"recurrence span [{self.recur_start}, {self.recur_end}] must satisfy start <= end < layers ({self.layers})")
+        if self.parallel_from is not None and self.parallel_from >= self.layers:
+            raise ValueError(f"parallel_from ({self.parallel_from}) must be < layers ({self.layers})")
+        if self.asymmetric_softcap and self.logit_softcap is None:
+            raise ValueError("asymmetric_softcap needs logit_softcap (its initial value)")
+        for name, window in (("smear_window", self.smear_window), ("attn_gate_window", self.attn_gate_window)):
+            if window > self.width:
+                raise ValueError(f"{name} ({window}) must be <= width ({self.width})")
+        bad = [i for i in self.value_embed_layers if not 0 <= i < self.layers]
+        if bad or len(set(self.value_embed_layers)) != len(self.value_embed_layers):
+            raise ValueError(f"value_embed_layers {self.value_embed_layers} must be distinct layer indices < layers ({self.layers})")
         return self
 
     @property
