@@ -2,8 +2,10 @@
 
 Before any training, the byte table's total over every validation document must equal the UTF-8
 length of that document decoded, exactly; optionally each decoded document must equal the
-tokenizer's normalization of its source text. Any failure raises AuditError naming the first
-offending document, and no metrics are written.
+tokenizer's normalization of its source text; no validation document may appear in the training
+shards (pgolf/overlap.py); for the official dataset, the validation document and token counts must
+equal those its manifest declares. Any failure raises AuditError naming the first offending
+document, and no metrics are written.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import sentencepiece as spm
 
 from pgolf.config.data import AuditParams
 from pgolf.data.docs import Fetched, iter_docs, read_fetched
+from pgolf.data.hub import DATASET_PREFIX, HUB_DIR, MANIFEST
 from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens, read_header, split_documents
 from pgolf.errors import AuditError, DataError, ShardError
 from pgolf.io import read_json, write_json_atomic
 from pgolf.bytetable import SPACE_PIECE, byte_table, load_processor, stream_bytes
+from pgolf.overlap import check_overlap
+from pgolf.progress import progress
 from pgolf.tokenizer import check_tokenizer, read_tokenizer
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,9 @@ class AuditResult:
     tokenizer_source: str
     tokenizer_sha256: str
     source_text_checked: bool
+    overlap_checked: bool
+    overlap_val_docs: int  # validation documents fingerprinted (0 when the check is off)
+    overlap_train_docs: int  # training documents compared against them
 
     def metrics(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +77,22 @@ def _check_manifest(manifest: Any, shards_dir: Path, vocab_size: int, bos_id: in
         if manifest.get(key) != value:
             raise AuditError(f"{where}: {key} is {manifest.get(key)!r}, the tokenizer has {value!r} (re-run export)")
     return manifest
+
+
+def _check_official_counts(fetched: Fetched, docs: int, tokens: int) -> None:
+    """For the official dataset: the validation counts its manifest declares must be what the shards hold."""
+    if fetched.source != "hf":
+        return
+    path = fetched.root / HUB_DIR / MANIFEST
+    manifest = read_json(path, "official manifest")
+    name = fetched.manifest.get("dataset") or f"{DATASET_PREFIX}{fetched.manifest.get('variant')}"
+    entry = next((d for d in manifest.get("datasets", []) if isinstance(d, dict) and d.get("name") == name), None) if isinstance(manifest, dict) else None
+    if entry is None or not isinstance(entry.get("stats"), dict):
+        raise AuditError(f"{path}: no stats for dataset {name!r}")
+    for key, counted in (("docs_val", docs), ("tokens_val", tokens)):
+        declared = entry["stats"].get(key)
+        if declared is not None and declared != counted:
+            raise AuditError(f"{path}: dataset {name!r} declares {key} = {declared}, the validation shards hold {counted}")
 
 
 def _decoded_docs(sp: spm.SentencePieceProcessor, docs: list[np.ndarray]) -> Iterator[str]:
@@ -123,6 +147,7 @@ def audit(fetched: Fetched, tokenizer_dir: str | Path, shards_dir: str | Path, p
     for key, value in (("docs_val", len(docs)), ("tokens_val", int(tokens.size)), ("files_val", len(val_paths)), ("files_train", len(train_paths))):
         if manifest.get(key) != value:
             raise AuditError(f"{shards_dir / SHARDS_MANIFEST}: {key} is {manifest.get(key)!r}, the shards hold {value}")
+    _check_official_counts(fetched, len(docs), int(tokens.size))
     train_tokens = sum(read_header(p) for p in train_paths)
     if manifest.get("tokens_train") != train_tokens:
         raise AuditError(f"{shards_dir / SHARDS_MANIFEST}: tokens_train is {manifest.get('tokens_train')!r}, the shards hold {train_tokens}")
@@ -133,6 +158,14 @@ def audit(fetched: Fetched, tokenizer_dir: str | Path, shards_dir: str | Path, p
     compare = params.compare_source_text and fetched.docs_path is not None
     sources = iter_docs(fetched.docs_path, 0, len(docs)) if compare else None
     _check_bytes(sp, docs, doc_bytes, sources)
+
+    overlap = None
+    if params.overlap:
+        overlap = check_overlap(
+            docs, train_paths, sp.bos_id(), params.overlap_min_tokens, params.workers,
+            describe=lambda i: f"validation document {i} ({_preview(sp.decode(docs[i][1:].tolist()))})",
+            progress=lambda scans: progress(scans, "overlap", total=len(train_paths), unit="shard"),
+        )
 
     is_byte = np.array([sp.is_byte(i) for i in range(sp.vocab_size())], dtype=bool)
     val_bytes = int(per_token.sum())
@@ -154,6 +187,9 @@ def audit(fetched: Fetched, tokenizer_dir: str | Path, shards_dir: str | Path, p
         tokenizer_source=info.source,
         tokenizer_sha256=info.sha256,
         source_text_checked=compare,
+        overlap_checked=overlap is not None,
+        overlap_val_docs=overlap.val_docs_checked if overlap else 0,
+        overlap_train_docs=overlap.train_docs_checked if overlap else 0,
     )
 
 

@@ -83,6 +83,8 @@ def test_audit_passes_and_metrics_match_an_independent_recomputation(built, tmp_
     assert metrics["boundary_tokens"] == VAL_DOCS and metrics["boundary_ids"] == 4
     assert metrics["tokenizer_sha256"] == sha256_file(built / "tok" / MODEL_FILE)
     assert metrics["train_tokens"] == sum(read_shard(p).size for p in list_shards(built / "shards", "train"))
+    assert metrics["overlap_checked"] is True and metrics["overlap_val_docs"] == VAL_DOCS
+    assert metrics["overlap_train_docs"] == metrics["train_docs"]
 
 
 def _rewrite_val(root: Path, change) -> None:
@@ -115,6 +117,22 @@ def test_audit_doc_count_must_match_manifest(copy):
     path.write_text(json.dumps({**manifest, "docs_val": VAL_DOCS + 1}))
     with pytest.raises(AuditError, match=f"docs_val is {VAL_DOCS + 1}, the shards hold {VAL_DOCS}"):
         _audit(copy)
+
+
+def test_audit_fails_on_a_validation_document_copied_into_training(copy):
+    val = np.array(read_shard(copy / "shards" / shard_name("val", 0)))
+    starts = np.flatnonzero(val == 1)
+    doc = val[starts[3] : starts[4]]  # validation document 3, BOS included
+    path = copy / "shards" / shard_name("train", 0)
+    train = np.array(read_shard(path))
+    cut = int(np.flatnonzero(train == 1)[2])
+    write_shard(path, np.concatenate((train[:cut], doc, train[cut:])))
+    manifest_path = copy / "shards" / SHARDS_MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "tokens_train": manifest["tokens_train"] + doc.size}))
+    with pytest.raises(AuditError, match=r"^validation document 3 \('.*'\) also appears in the training data \(fineweb_train_000000.bin"):
+        _audit(copy)
+    assert _audit(copy, AuditParams(overlap=False)).overlap_checked is False
 
 
 def test_audit_source_text_comparison(copy):
@@ -172,3 +190,20 @@ def test_audit_stage_scripts_end_to_end(tmp_path):
     params.write_text("tokenizer:\n  vocab_size: 100\n")
     bad = _stage("tokenizer.py", *common, "--out", str(tmp_path / "tok2"))
     assert bad.returncode == 2 and "tokenizer.vocab_size: must be >= 256" in bad.stderr
+
+
+def test_audit_checks_the_official_manifest_counts(tmp_path):
+    from pgolf.audit import _check_official_counts
+    from pgolf.data.docs import Fetched
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    stats = {"docs_val": 50000, "tokens_val": 62021846, "files_val": 1}
+    (hub / "manifest.json").write_text(json.dumps({"datasets": [{"name": "fineweb10B_sp1024", "stats": stats}]}))
+    fetched = Fetched(tmp_path, "hf", None, None, None, None, None, {"dataset": "fineweb10B_sp1024", "variant": "sp1024"})
+    _check_official_counts(fetched, 50000, 62021846)
+    with pytest.raises(AuditError, match=r"manifest.json: dataset 'fineweb10B_sp1024' declares docs_val = 50000, the validation shards hold 49999"):
+        _check_official_counts(fetched, 49999, 62021846)
+    with pytest.raises(AuditError, match="declares tokens_val = 62021846"):
+        _check_official_counts(fetched, 50000, 1)
+    _check_official_counts(Fetched(tmp_path, "builtin", None, None, None, None, None, {}), 1, 1)  # only for the official data

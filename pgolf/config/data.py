@@ -65,3 +65,6 @@ class AuditParams(Section):
     """`audit`: exact byte accounting and integrity checks on the validation shards."""
 
     compare_source_text: bool = Field(True, description="also check decoded validation docs against the normalized source documents when they are available")
+    overlap: bool = Field(True, description="fail when a validation document (its tokens between BOS marks) is also a training document")
+    overlap_min_tokens: int = Field(1, ge=1, description="overlap check: validation documents shorter than this many tokens are not checked")
+    workers: int = Field(2, ge=1, le=256, description="processes streaming the training shards in the overlap check (does not change results)")
