@@ -1,5 +1,5 @@
 """One transformer block: residual mix with the embedding, pre-norm attention and MLP with
-learned per-channel output scales."""
+learned per-channel output scales; optionally the two-lane (parallel residual) form."""
 
 from __future__ import annotations
 
@@ -8,27 +8,51 @@ from torch import Tensor, nn
 
 from pgolf.config.model import ModelParams
 from pgolf.model.attention import CausalSelfAttention
+from pgolf.model.lanes import LaneMix, Lanes
 from pgolf.model.layers import RMSNorm
+from pgolf.model.lnscale import ln_scale
 from pgolf.model.mlp import MLP
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelParams) -> None:
+    def __init__(self, config: ModelParams, layer: int = 0) -> None:
         super().__init__()
         dim = config.width
+        self.layer = layer
         self.attn_norm = RMSNorm(config.norm_eps)
         self.mlp_norm = RMSNorm(config.norm_eps)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.mlp = MLP(config)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         # resid_mix[0] weighs the running stream x, resid_mix[1] the embedding x0.
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim)))) if config.resid_mix else None
+        self.norm_scale = ln_scale(layer) if config.ln_scale else None
+        parallel = config.parallel_from is not None and layer >= config.parallel_from
+        self.lane_mix = LaneMix() if parallel else None
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
-        if self.resid_mix is not None:
-            mix = self.resid_mix.to(x.dtype)
-            x = mix[0] * x + mix[1] * x0  # [B, T, C]
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x))
-        x = x + self.mlp_scale.to(x.dtype) * self.mlp(self.mlp_norm(x))
+    def mixed(self, x: Tensor, x0: Tensor) -> Tensor:
+        if self.resid_mix is None:
+            return x
+        mix = self.resid_mix.to(x.dtype)
+        return mix[0] * x + mix[1] * x0  # [B, T, C]
+
+    def normed(self, norm: RMSNorm, x: Tensor) -> Tensor:
+        """A sublayer's input: norm(x), times 1/sqrt(layer + 1) with ln_scale."""
+        y = norm(x)
+        return y if self.norm_scale is None else y * self.norm_scale
+
+    def forward(self, x: Tensor, x0: Tensor, segments: Tensor | None = None, value_embed: Tensor | None = None) -> Tensor:
+        x = self.mixed(x, x0)
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.normed(self.attn_norm, x), segments, value_embed)
+        x = x + self.mlp_scale.to(x.dtype) * self.mlp(self.normed(self.mlp_norm, x))
         return x
+
+    def forward_lanes(self, lanes: Lanes, x0: Tensor, segments: Tensor | None = None, value_embed: Tensor | None = None) -> Lanes:
+        """The parallel form: attention reads the attention lane (mixed with x0), the MLP the MLP lane."""
+        if self.lane_mix is None:
+            raise ValueError(f"block {self.layer} has no lanes (parallel_from is off or above it)")
+        attn_lane, mlp_lane = lanes
+        attn_out = self.attn_scale.to(attn_lane.dtype) * self.attn(self.normed(self.attn_norm, self.mixed(attn_lane, x0)), segments, value_embed)
+        mlp_out = self.mlp_scale.to(mlp_lane.dtype) * self.mlp(self.normed(self.mlp_norm, mlp_lane))
+        return self.lane_mix(lanes, attn_out, mlp_out)

@@ -25,10 +25,27 @@ class GroupRule:
     matches: Rule
 
 
+# The records' split (openai/parameter-golf record 2026-03-22_11L_EMA_GPTQ-lite..., PR #374 stack, and
+# the PR #1851 record's CONTROL_TENSOR_NAME_PATTERNS): token tables (the BigramHash and value-embedding
+# tables too) -> embed Adam; block matrices and the two tables' lifts -> Muon; control tensors (gates,
+# residual mixes, lane factors, even when 2-D) and every other scalar/vector -> scalar Adam.
+EMBED_TABLES = frozenset({"tok_emb.weight", "bigram.embed.weight", "value_embed.embed.weight"})
+TABLE_LIFTS = frozenset({"bigram.lift.weight", "value_embed.lift.weight"})
+CONTROL_MARKS = ("gate", "resid_mix", "lane_mix")
+
+
+def is_control(name: str) -> bool:
+    return any(mark in name for mark in CONTROL_MARKS)
+
+
+def is_matrix(name: str, p: nn.Parameter) -> bool:
+    return p.ndim == 2 and not is_control(name) and (name.startswith("blocks.") or name in TABLE_LIFTS)
+
+
 GROUP_TABLE: tuple[GroupRule, ...] = (
-    GroupRule("embed", "adam", lambda name, p: name == "tok_emb.weight"),
+    GroupRule("embed", "adam", lambda name, p: name in EMBED_TABLES),
     GroupRule("head", "adam", lambda name, p: name == "lm_head.weight"),
-    GroupRule("matrix", "muon", lambda name, p: name.startswith("blocks.") and p.ndim == 2 and not name.endswith("resid_mix")),
+    GroupRule("matrix", "muon", is_matrix),
     GroupRule("scalar", "adam", lambda name, p: True),
 )
 
