@@ -1,4 +1,5 @@
-"""Causal self-attention with grouped KV heads (GQA), QK-norm, RoPE and a learned per-head q gain."""
+"""Causal self-attention with grouped KV heads (GQA), QK-norm, RoPE and a learned per-head q gain;
+options: value embeddings added to v, document attention, XSA, a sparse per-head output gate."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config.model import ModelParams
+from pgolf.model.attn_gate import gate_heads, init_gate_weight
+from pgolf.model.docmask import DocumentMask, document_mask
 from pgolf.model.layers import CastedLinear, Rotary, rms_norm
+from pgolf.model.xsa import exclude_self_value, uses_xsa
 
 
 class CausalSelfAttention(nn.Module):
@@ -23,25 +27,33 @@ class CausalSelfAttention(nn.Module):
         self.proj = CastedLinear(config.heads * head_dim, dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((config.heads,), config.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(config.rope_dims or head_dim, config.rope_base)
+        self.xsa = uses_xsa(layer, config.layers, config.xsa_layers)
+        # A plain Parameter (not a Linear: GPTQ hooks and TTT LoRA leave it alone); "gate" routes it to scalar Adam.
+        self.out_gate_weight = nn.Parameter(init_gate_weight(config.heads, config.attn_gate_window)) if config.attn_out_gate else None
+        self.gate_scale = config.attn_gate_scale
 
-    def forward(self, x: Tensor, segments: Tensor | None = None, value_embed: Tensor | None = None) -> Tensor:
-        """x [B, T, C] -> [B, T, C]. `segments` [B, T] int64: attend only within equal ids (doc_attention);
-        `value_embed` [B, T, kv_heads*head_dim]: added to the values."""
+    def forward(self, x: Tensor, segments: Tensor | DocumentMask | None = None, value_embed: Tensor | None = None) -> Tensor:
+        """x [B, T, C] -> [B, T, C]. `segments` [B, T] int64: attend only within equal ids (or the
+        `document_mask` built from them once per forward); `value_embed` [B, T, kv_heads*head_dim]: added to v."""
         B, T, _ = x.shape
+        if isinstance(segments, Tensor) and segments.shape != (B, T):
+            raise ValueError(f"segments must be [B, T] = {[B, T]}, got {list(segments.shape)}")
+        q = self.c_q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
+        k = self.c_k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
         v = self.c_v(x)
         if value_embed is not None:
             v = v + value_embed.to(v.dtype)
-        q = self.c_q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
-        k = self.c_k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, Dh]
         q, k = self.rotary(rms_norm(q, self.eps)), self.rotary(rms_norm(k, self.eps))
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        gqa = self.kv_heads != self.heads
         if segments is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
         else:
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            mask = causal & (segments[:, :, None] == segments[:, None, :])  # [B, T, T]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=gqa)
-        y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)  # [B, T, H*Dh]
-        return self.proj(y)
+            mask = document_mask(segments) if isinstance(segments, Tensor) else segments
+            y = mask.attend(q, k, v)  # [B, H, T, Dh]
+        if self.xsa:
+            y = exclude_self_value(y, v)
+        y = y.transpose(1, 2)  # [B, T, H, Dh]
+        if self.out_gate_weight is not None:
+            y = gate_heads(y, x, self.out_gate_weight, self.gate_scale)
+        return self.proj(y.reshape(B, T, self.heads * self.head_dim))
