@@ -7,7 +7,7 @@ are given in each description as "official: ...".
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -15,6 +15,7 @@ from pgolf.config.base import Section
 from pgolf.config.model import ModelParams
 
 BASELINE_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+SeqLenPoint = tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[int, Field(ge=2, le=65536)]]
 
 
 class AdamGroupParams(Section):
@@ -42,7 +43,10 @@ class MuonParams(Section):
         description="(a, b, c) per Newton-Schulz iteration: one triple reused every step, or ns_steps triples (a schedule)",
     )
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="decoupled weight decay, p -= lr*wd*p (frontier: ~0.04)")
-    row_normalize: bool = Field(False, description="scale each row of the orthogonalized update to unit RMS (frontier variant)")
+    row_normalize: bool = Field(
+        False,
+        description="scale each row of the orthogonalized update to unit RMS (not the records' MuonEq-R, PR #1285, which row-normalizes before Newton-Schulz)",
+    )
 
     @model_validator(mode="after")
     def _coefficients(self) -> MuonParams:
@@ -73,10 +77,20 @@ class TrainParams(Section):
     max_wallclock_seconds: float = Field(0.0, ge=0.0, description="stop training after this many seconds, warmdown timed from the clock; 0 = no cap (official: 600)")
     lr_warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps (official: 0)")
     warmdown_fraction: float = Field(0.3, ge=0.0, le=1.0, description="last fraction of the run (steps or wall-clock) with a linear lr decay (official: 1200/20000)")
-    final_lr_fraction: float = Field(0.0, ge=0.0, le=1.0, description="lr multiplier reached at the end of warmdown")
+    final_lr_fraction: float = Field(0.0, ge=0.0, le=1.0, description="lr multiplier reached at the end of warmdown (records: 0.1)")
+    final_lr_mode: Literal["linear", "clamp"] = Field(
+        "linear",
+        description="linear: the warmdown goes linearly from 1 to final_lr_fraction; clamp: linearly toward 0, held at "
+        "final_lr_fraction (records' MIN_LR, PR #1787: max((1 - progress)/warmdown_fraction, floor))",
+    )
     batch_tokens: int = Field(4096, ge=1, description="tokens per optimizer step over all ranks (official: 524288)")
-    seq_len: int = Field(256, ge=2, le=65536, description="training sequence length (official: 1024)")
-    grad_accum_steps: int = Field(1, ge=1, le=4096, description="micro-batches per step summed over all ranks (official: 8); a multiple of nproc")
+    seq_len: int = Field(256, ge=2, le=65536, description="training sequence length (official: 1024); the first length when seq_len_schedule is set")
+    seq_len_schedule: list[SeqLenPoint] = Field(
+        default_factory=list,
+        description="[[progress, seq_len], ...]: progressive context, seq_len from that fraction of the run on (the lr schedule's "
+        "progress), batch_tokens unchanged; [] = seq_len throughout (#2014: seq_len 1024, [[0.1, 2048], [0.7, 3072]]). The "
+        "training stage validates at the final length, the one the model ends at and the records evaluate at",
+    )
     val_every: int = Field(100, ge=0, description="validate every N steps (and always at the end); 0 = only at the end")
     val_tokens: int = Field(131072, ge=0, description="size of the fixed validation subset (first N val tokens); 0 = the whole val split")
     val_batch_tokens: int = Field(32768, ge=1, description="tokens per validation forward pass over all ranks")
@@ -104,10 +118,27 @@ class TrainParams(Section):
                 f"batch_tokens ({self.batch_tokens}) must split into grad_accum_steps ({self.grad_accum_steps}) "
                 f"micro-batches of whole seq_len ({self.seq_len}) sequences"
             )
-        if self.val_batch_tokens % (self.seq_len * self.nproc):
-            raise ValueError(f"val_batch_tokens ({self.val_batch_tokens}) must be a multiple of seq_len*nproc ({self.seq_len * self.nproc})")
+        self._check_seq_len_schedule(micro)
+        final = self.final_seq_len
+        if self.val_batch_tokens % (final * self.nproc):
+            raise ValueError(f"val_batch_tokens ({self.val_batch_tokens}) must be a multiple of the final seq_len*nproc ({final * self.nproc})")
         return self
+
+    def _check_seq_len_schedule(self, micro: int) -> None:
+        points = [at for at, _ in self.seq_len_schedule]
+        if any(b <= a for a, b in zip(points, points[1:])):
+            raise ValueError(f"seq_len_schedule: progress points must increase, got {points}")
+        for at, length in self.seq_len_schedule:
+            if micro % length:
+                raise ValueError(
+                    f"seq_len_schedule: seq_len {length} at progress {at} does not divide the micro-batch of {micro} tokens (batch_tokens/grad_accum_steps)"
+                )
 
     @property
     def micro_batch_tokens(self) -> int:
         return self.batch_tokens // self.grad_accum_steps
+
+    @property
+    def final_seq_len(self) -> int:
+        """The training length at the end of the run: the validation length."""
+        return self.seq_len_schedule[-1][1] if self.seq_len_schedule else self.seq_len

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -74,13 +75,17 @@ class TokenStream:
     def position(self) -> StreamPosition:
         return StreamPosition(self.shard, self.offset)
 
+    def advance_shard(self) -> None:
+        """Move to the start of the next shard, wrapping around."""
+        self.shard = (self.shard + 1) % len(self.paths)
+        self.tokens, self.offset = self._load(self.shard), 0
+
     def take(self, n: int) -> np.ndarray:
         """The next n tokens as int64."""
         chunks: list[np.ndarray] = []
         while n > 0:
             if self.offset >= len(self.tokens):
-                self.shard = (self.shard + 1) % len(self.paths)
-                self.tokens, self.offset = self._load(self.shard), 0
+                self.advance_shard()
             k = min(n, len(self.tokens) - self.offset)
             chunks.append(np.asarray(self.tokens[self.offset : self.offset + k], dtype=np.int64))
             self.offset += k
@@ -88,21 +93,36 @@ class TokenStream:
         return np.concatenate(chunks)
 
 
+class Batch(NamedTuple):
+    """One micro-batch: inputs, targets (inputs shifted by one), and document segment ids or None."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    segments: torch.Tensor | None = None
+
+
+def _check_rows(micro_tokens: int, seq_len: int) -> None:
+    if micro_tokens % seq_len:
+        raise ValueError(f"micro-batch of {micro_tokens} tokens is not a whole number of {seq_len}-token sequences")
+
+
 class DistributedBatches:
-    """Micro-batches (x, y) [micro_tokens/seq_len, seq_len] for this rank, y = x shifted by one."""
+    """Micro-batches (x, y) [micro_tokens/seq_len, seq_len] for this rank, y = x shifted by one;
+    `next(seq_len)` changes the row length (the tokens taken stay micro_tokens + 1 per rank)."""
 
     def __init__(self, stream: TokenStream, info: DistInfo, micro_tokens: int, seq_len: int) -> None:
-        if micro_tokens % seq_len:
-            raise ValueError(f"micro-batch of {micro_tokens} tokens is not a whole number of {seq_len}-token sequences")
+        _check_rows(micro_tokens, seq_len)
         self.stream, self.info, self.micro_tokens, self.seq_len = stream, info, micro_tokens, seq_len
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self, seq_len: int | None = None) -> Batch:
+        seq_len = seq_len or self.seq_len
+        _check_rows(self.micro_tokens, seq_len)
         span = self.micro_tokens + 1
         chunk = self.stream.take(span * self.info.world_size)
         local = torch.from_numpy(chunk[self.info.rank * span : (self.info.rank + 1) * span])
-        x = local[:-1].view(-1, self.seq_len)
-        y = local[1:].view(-1, self.seq_len)
-        return x.to(self.info.device, non_blocking=True), y.to(self.info.device, non_blocking=True)
+        x = local[:-1].view(-1, seq_len)
+        y = local[1:].view(-1, seq_len)
+        return Batch(x.to(self.info.device, non_blocking=True), y.to(self.info.device, non_blocking=True))
 
 
 def validation_tokens(paths: list[Path], max_tokens: int, seq_len: int, vocab_size: int | None = None) -> torch.Tensor:

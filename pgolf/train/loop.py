@@ -11,6 +11,12 @@ Guards (pgolf/train/guards.py): a non-finite or exploding training loss stops th
 keeping the last good resume checkpoint; a final validation loss no better than a uniform guess
 fails the run with no checkpoint or metrics written to the outputs (the trained state is kept as a
 resume checkpoint, so turning the check off finishes without retraining).
+
+Schedules (pgolf/train/schedule.py `settings_at`): before each step the lr, Muon momentum, training
+length (`seq_len_schedule`) and, for a model with depth recurrence, whether recurrence is on
+(`model.recur_from_progress`) follow the run's progress. Validation runs at the final training
+length; mid-run validation sees the model as it trains, the final validation and the saved model
+have recurrence on. Under torch.compile each new length and the recurrence switch recompile once.
 """
 
 from __future__ import annotations
@@ -40,10 +46,10 @@ from pgolf.optim import build_optimizers, set_schedule
 from pgolf.train import checkpoint as ckpt
 from pgolf.train import guards
 from pgolf.train.curves import Curves
-from pgolf.train.data import DistributedBatches, StreamPosition, TokenStream, validation_tokens
+from pgolf.train.data import Batch, DistributedBatches, StreamPosition, TokenStream, validation_tokens
 from pgolf.train.ema import EMA
 from pgolf.train.evaluate import validation_loss
-from pgolf.train.schedule import lr_scale, muon_momentum, progress
+from pgolf.train.schedule import StepSettings, settings_at
 from pgolf.train.signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -124,13 +130,14 @@ class Trainer:
         self.vocab_size: int = config.vocab_size  # filled in from the manifest by resolve_model_config
         self.step, self.tokens_seen, self.train_seconds = 0, 0, 0.0
         self.best_loss, self.last_loss = math.inf, math.nan  # lowest and latest training loss (guards, result)
+        self.seq_len, self.recurrence = params.seq_len, None  # as last applied; None: not yet set
         position = self._maybe_resume() if params.resume else StreamPosition()
         self.start_step = self.step
         stream = TokenStream(train_paths, position, self.vocab_size)
         self.batches = DistributedBatches(stream, info, params.micro_batch_tokens, params.seq_len)
-        self.val_tokens = validation_tokens(val_paths, params.val_tokens, params.seq_len, self.vocab_size)
+        self.val_tokens = validation_tokens(val_paths, params.val_tokens, params.final_seq_len, self.vocab_size)
         use_compile = params.compile and info.device.type == "cuda"
-        self.forward: Callable[[Tensor], Tensor] = torch.compile(self.model) if use_compile else self.model
+        self.forward: Callable[..., Tensor] = torch.compile(self.model) if use_compile else self.model
         self.autocast = autocast_for(info.device)
         self.accum = params.grad_accum_steps // info.world_size
         self.live_dir = live_dir if info.is_main else None
@@ -159,19 +166,19 @@ class Trainer:
         return meta.data_position
 
     # -- one optimizer step ------------------------------------------------------------------------
-    def _loss(self, x: Tensor, y: Tensor) -> Tensor:
+    def _loss(self, batch: Batch) -> Tensor:
         with self.autocast():
-            logits = self.forward(x)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+            logits = self.forward(batch.x) if batch.segments is None else self.forward(batch.x, segments=batch.segments)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch.y.reshape(-1))
 
-    def train_step(self) -> Tensor:
-        """Forward/backward over this rank's micro-batches, average gradients, step. Returns the mean loss."""
+    def train_step(self, seq_len: int | None = None) -> Tensor:
+        """Forward/backward over this rank's micro-batches (rows of `seq_len`, default train.seq_len),
+        average gradients, step. Returns the mean loss."""
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.info.device)
         for _ in range(self.accum):
-            x, y = self.batches.next()
-            loss = self._loss(x, y)
+            loss = self._loss(self.batches.next(seq_len))
             (loss / self.accum).backward()
             total += loss.detach()
         average_gradients(self.model.parameters(), self.info)
@@ -217,12 +224,27 @@ class Trainer:
         if self.live_dir is not None and self.live_dir.is_dir():
             shutil.copytree(self.live_dir, self.resume_dir / LIVE_SUBDIR, dirs_exist_ok=True)
 
+    def _apply(self, now: StepSettings) -> StepSettings:
+        """Set this step's lr and momentum, and recurrence when it changes; log length changes."""
+        set_schedule(self.optimizers, now.lr_scale, now.momentum)
+        if now.recurrence is not None and now.recurrence != self.recurrence:
+            self._apply_recurrence(now.recurrence)
+        if now.seq_len != self.seq_len:
+            self.seq_len = now.seq_len
+            log.info(f"step: {self.step} seq_len: {now.seq_len}")
+        return now
+
+    def _apply_recurrence(self, active: bool) -> None:
+        self.model.set_recurrence(active)
+        self.recurrence = active
+        log.info(f"step: {self.step} depth recurrence: {'on' if active else 'off'}")
+
     def _kept(self) -> str:
         return f"the last good checkpoint is kept in {self.resume_dir}" if self.resume_dir.exists() else "no checkpoint was saved"
 
     def validate(self) -> float:
         self.model.eval()
-        value = validation_loss(self.forward, self.val_tokens, self.params.seq_len, self.params.val_batch_tokens, self.info, self.autocast)
+        value = validation_loss(self.forward, self.val_tokens, self.params.final_seq_len, self.params.val_batch_tokens, self.info, self.autocast)
         self.model.train()
         return value
 
@@ -241,12 +263,9 @@ class Trainer:
                 if p.max_wallclock_seconds and self.train_seconds >= p.max_wallclock_seconds:
                     stopped_by = "wallclock"
                     break
-                done = progress(self.step, self.train_seconds, p.iterations, p.max_wallclock_seconds)
-                lr = lr_scale(self.step, done, p.lr_warmup_steps, p.warmdown_fraction, p.final_lr_fraction)
-                m = p.optim.matrix
-                set_schedule(self.optimizers, lr, muon_momentum(self.step, m.momentum_warmup_start, m.momentum, m.momentum_warmup_steps))
+                now = self._apply(settings_at(p, self.step, self.train_seconds))
                 t0 = time.perf_counter()
-                loss = self.train_step()
+                loss = self.train_step(now.seq_len)
                 local = torch.stack((loss.float(), (~torch.isfinite(loss)).float(), torch.tensor(float(stop.requested), device=info.device)))
                 agreed = sum_over_ranks(local, info).tolist()  # a sync point: the step is finished here
                 dt = time.perf_counter() - t0
@@ -273,7 +292,7 @@ class Trainer:
                 lrs = {f"lr/{g['group_name']}": g["lr"] for opt in self.optimizers for g in opt.param_groups}
                 self.curves.log(self.step, {"train/loss": loss_value, **lrs})  # throughput: log lines and timing only
                 if self.step % p.log_every == 0 or self.step == 1:
-                    log.info(f"step: {self.step} train_loss: {loss_value:.4f} lr_scale: {lr:.4f} tokens_per_second: {tokens_per_second:.0f}")
+                    log.info(f"step: {self.step} train_loss: {loss_value:.4f} lr_scale: {now.lr_scale:.4f} tokens_per_second: {tokens_per_second:.0f}")
                 if p.val_every and self.step % p.val_every == 0 and self.step < p.iterations:
                     val = self.validate()
                     self.curves.log(self.step, {"val/loss": val})
@@ -286,6 +305,8 @@ class Trainer:
                     log.info(f"interrupted: step {self.step}; resumable checkpoint in {self.resume_dir}")
                     raise KeyboardInterrupt
         bar.close()
+        if self.recurrence is False:
+            self._apply_recurrence(True)  # evaluation and the saved model use it
         raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.ema is not None:
             self.model.load_state_dict(self.ema.state_dict(), strict=True)
