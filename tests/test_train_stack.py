@@ -1,35 +1,76 @@
-"""The record stack's training schedule: progressive context, the recurrence switch-on, and the
-record's optimizer values pinned against pgolf keys."""
+"""The record stack's training schedule and document-packed loader: progressive context, the
+recurrence switch-on, packed batches, and the record's optimizer values pinned against pgolf keys."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
 from pgolf.config.model import ModelParams
 from pgolf.config.train import AdamGroupParams, MuonParams, OptimParams, TrainParams
-from pgolf.dist import DistInfo
+from pgolf.data.shards import read_shard, write_shard
+from pgolf.dist import DistInfo, join_group, shutdown
+from pgolf.errors import DataError
 from pgolf.model import GPT
 from pgolf.model.checkpoint import load_model
 from pgolf.optim import assign_groups, build_optimizers, set_schedule
 from pgolf.optim.muon import POLAR_EXPRESS_COEFFICIENTS
-from pgolf.train.data import StreamPosition
+from pgolf.train.data import StreamPosition, TokenStream
 from pgolf.train.ema import EMA
 from pgolf.train.loop import Trainer, train
+from pgolf.train.packed import PackedBatches, take_document_span
 from pgolf.train.schedule import lr_scale, muon_momentum, recurrence_on, seq_len_at, settings_at
 from train_helpers import VOCAB, make_shards, tiny_params
 
 torch.set_num_threads(1)
 CPU = DistInfo(0, 1, 0, torch.device("cpu"), None)
+BOS = 1
+DOC_MODEL = dict(layers=2, width=32, heads=2, kv_heads=1, doc_attention=True)
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     return make_shards(tmp_path_factory.mktemp("shards"))
+
+
+def document_stream(n: int, seed: int) -> np.ndarray:
+    """Documents of 3..80 tokens, each BOS then a Markov chain over ids 2..VOCAB-1 (no BOS inside)."""
+    rng = np.random.default_rng(seed)
+    out: list[int] = []
+    while len(out) < n:
+        token = int(rng.integers(2, VOCAB))
+        doc = [BOS, token]
+        for _ in range(int(rng.integers(1, 79))):
+            token = 2 + (3 * token + int(rng.integers(0, 3))) % (VOCAB - 2)
+            doc.append(token)
+        out.extend(doc)
+    return np.asarray(out[:n], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def doc_shards(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("docs")
+    write_shard(directory / "fineweb_val_000000.bin", document_stream(3000, 0))
+    for i in range(2):
+        # Each training shard opens mid-document (as shards cut from one stream do).
+        write_shard(directory / f"fineweb_train_{i:06d}.bin", document_stream(6000 + 37, i + 1)[37:])
+    (directory / "manifest.json").write_text(f'{{"vocab_size": {VOCAB}, "bos_id": {BOS}}}')
+    return directory
+
+
+def train_paths(directory: Path) -> list[Path]:
+    return sorted(directory.glob("fineweb_train_*.bin"))
 
 
 # -- the default run, frozen ------------------------------------------------------------------------
@@ -87,6 +128,8 @@ def test_seq_len_schedule_2014_example():
         ({"seq_len_schedule": [[1.0, 64]]}, "less than 1"),
         ({"seq_len_schedule": [[0.5, 1]]}, "greater than or equal to 2"),
         ({"seq_len_schedule": [[0.5, 256]], "val_batch_tokens": 128}, r"multiple of the final seq_len\*nproc \(256\)"),
+        ({"loader": "packed"}, "loader: packed needs model.doc_attention: true"),
+        ({"loader": "shuffled"}, "loader"),
         ({"final_lr_mode": "cosine"}, "final_lr_mode"),
     ],
 )
@@ -154,6 +197,135 @@ def test_recurrence_switches_on_during_training_and_stays_on_for_evaluation(shar
     assert switches == [(0, False), (4, True)]  # set before step 0, switched before step 4 (progress 0.5)
     assert states_at_validation == [False, False, True, True]  # after steps 2, 4 and 6 as trained; the final one on
     assert load_model(tmp_path / "o" / "checkpoint").recurrence_active
+
+
+# -- document-packed batches -----------------------------------------------------------------------
+
+def test_packed_rows_are_contiguous_stream_spans_entered_at_a_shards_first_bos(doc_shards):
+    paths = train_paths(doc_shards)
+    shards = [np.asarray(read_shard(path), dtype=np.int64) for path in paths]
+    first_bos = [int(np.flatnonzero(tokens == BOS)[0]) for tokens in shards]
+    assert min(first_bos) > 0  # the shards open mid-document: the loader skips to the first BOS
+    batches = PackedBatches(TokenStream(paths), CPU, 256, 32, BOS)
+    shard, start = 0, first_bos[0]
+    for step in range(50):  # wraps around both shards
+        batch = batches.next()
+        if start + 257 > len(shards[shard]):  # a span never crosses a shard's end: next shard, first BOS
+            shard = (shard + 1) % len(paths)
+            start = first_bos[shard]
+        if start == first_bos[shard]:
+            assert batch.x[0, 0] == BOS, step
+        span = torch.from_numpy(shards[shard][start : start + 257])
+        assert batch.x.shape == (1, 256) and torch.equal(batch.x[0], span[:-1]) and torch.equal(batch.y[0], span[1:])
+        start += 257
+    assert batches.stream.position == StreamPosition(shard, start) and step // 22 >= 2
+
+
+@settings(max_examples=30, deadline=None)
+@given(seq_len=st.integers(1, 300), rounds=st.integers(1, 12))
+def test_packed_segments_keep_documents_apart_and_pieces_within_seq_len(doc_shards, seq_len, rounds):
+    batches = PackedBatches(TokenStream(train_paths(doc_shards)), CPU, 256, 32, BOS)
+    for _ in range(rounds):
+        batch = batches.next(seq_len)
+    x, seg = batch.x[0], batch.segments[0]
+    assert seg[0] == 0 and bool((seg.diff() >= 0).all()) and bool((seg.diff() <= 1).all())
+    starts = torch.cat((torch.tensor([True]), seg.diff() == 1))
+    assert bool(starts[x == BOS].all())  # every BOS opens a segment: no attention across it
+    assert int(torch.bincount(seg).max()) <= seq_len
+
+
+def test_packed_tokens_are_world_size_independent_and_resume_exactly(doc_shards):
+    paths = train_paths(doc_shards)
+    one = PackedBatches(TokenStream(paths), CPU, 256, 32, BOS)
+    two = [PackedBatches(TokenStream(paths), DistInfo(r, 2, r, torch.device("cpu"), None), 256, 32, BOS) for r in range(2)]
+    for _ in range(15):  # through a shard change
+        rows = [one.next(), one.next()]
+        for rank in range(2):
+            batch = two[rank].next()
+            assert torch.equal(batch.x, rows[rank].x) and torch.equal(batch.segments, rows[rank].segments)
+    resumed = PackedBatches(TokenStream(paths, one.stream.position), CPU, 256, 32, BOS)
+    for _ in range(10):
+        assert torch.equal(resumed.next().x, one.next().x)
+
+
+def test_packed_span_too_long_for_every_shard_is_a_data_error(doc_shards):
+    with pytest.raises(DataError, match=r"no training shard holds a BOS \(id 1\) followed by 7000 more tokens"):
+        take_document_span(TokenStream(train_paths(doc_shards)), 7001, BOS)
+
+
+def test_packed_training_with_document_attention_learns(doc_shards, tmp_path):
+    result = train(tiny_params(tmp_path, iterations=30, loader="packed", model=DOC_MODEL), doc_shards, tmp_path / "p", CPU)
+    assert max(result.val_loss, result.train_loss) < np.log(VOCAB) - 1.0  # well below a uniform guess, where it starts
+
+
+def test_packed_steps_with_a_recurrence_switch_compile_without_graph_breaks(doc_shards, tmp_path):
+    """The CUDA path compiles the model: the loop's call with segments and the switch trace whole."""
+    model = dict(DOC_MODEL, layers=3, recur_start=1, recur_end=1, recur_loops=1, recur_from_progress=0.5)
+    params = tiny_params(tmp_path, iterations=4, val_every=0, loader="packed", model=model, seq_len_schedule=[[0.5, 64]])
+    trainer = Trainer(params, doc_shards, tmp_path / "o", CPU, None)
+    eager = Trainer(params, doc_shards, tmp_path / "e", CPU, None)
+    trainer.forward = torch.compile(trainer.model, backend="eager", fullgraph=True)
+    assert trainer.run().train_loss == pytest.approx(eager.run().train_loss, abs=1e-5)
+
+
+def _packed_params(tmp: Path, **overrides) -> TrainParams:
+    return tiny_params(tmp, iterations=6, grad_accum_steps=2, loader="packed", model=DOC_MODEL, seq_len_schedule=[[0.5, 64]], resume=False, **overrides)
+
+
+def _packed_worker(rank: int, init_file: str, shards: str, out: str, tmp: str) -> None:
+    torch.set_num_threads(1)
+    info = join_group(rank, 2, rank, "cpu", f"file://{init_file}")
+    try:
+        result = train(_packed_params(Path(tmp), nproc=2), Path(shards), Path(out), info)
+        if info.is_main:
+            Path(out, "result.json").write_text(json.dumps(result.metrics()))
+    finally:
+        shutdown(info)
+
+
+def test_packed_two_gloo_processes_equal_one_process_with_double_accumulation(doc_shards, tmp_path):
+    mp.spawn(_packed_worker, args=(str(tmp_path / "init"), str(doc_shards), str(tmp_path / "two"), str(tmp_path)), nprocs=2, join=True)
+    one = train(_packed_params(tmp_path), doc_shards, tmp_path / "one", CPU)
+    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert two["tokens_seen"] == one.tokens_seen and two["val_loss"] == pytest.approx(one.val_loss, abs=1e-5)
+    w1 = load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+
+
+class _InterruptAt(logging.Handler):
+    """Sends SIGINT to this process when the loop logs `step: N train_loss` (a real signal)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.marker = f"step: {step} train_loss"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.marker):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_packed_run_with_schedules_resumes_exactly(doc_shards, tmp_path):
+    """Packed batches, a length schedule and recurrence switching on after the interrupt: the
+    resumed run ends with the uninterrupted run's weights."""
+    model = dict(DOC_MODEL, layers=3, recur_start=1, recur_end=1, recur_loops=1, recur_from_progress=0.6)
+    params = tiny_params(tmp_path, iterations=12, loader="packed", model=model, seq_len_schedule=[[0.3, 64]], ema_decay=0.9)
+    straight = train(params, doc_shards, tmp_path / "straight", CPU)
+    logger = logging.getLogger("pgolf.train.loop")
+    handler, level = _InterruptAt(5), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(params, doc_shards, tmp_path / "resumed", CPU)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    resumed = train(params, doc_shards, tmp_path / "resumed", CPU)
+    assert resumed.resumed_from_step == 6 and resumed.val_loss == straight.val_loss
+    ws = load_file(str(tmp_path / "straight" / "checkpoint" / "model.safetensors"))
+    wr = load_file(str(tmp_path / "resumed" / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(ws[k], wr[k]) for k in ws)
 
 
 # -- the record's optimizer and schedule values ----------------------------------------------------

@@ -91,6 +91,12 @@ class TrainParams(Section):
         "progress), batch_tokens unchanged; [] = seq_len throughout (#2014: seq_len 1024, [[0.1, 2048], [0.7, 3072]]). The "
         "training stage validates at the final length, the one the model ends at and the records evaluate at",
     )
+    loader: Literal["sequential", "packed"] = Field(
+        "sequential",
+        description="sequential: the official loader, rows of seq_len; packed: the records' document packing, one row per "
+        "micro-batch from a BOS on, attention kept inside documents and pieces of at most seq_len (needs model.doc_attention)",
+    )
+    grad_accum_steps: int = Field(1, ge=1, le=4096, description="micro-batches per step summed over all ranks (official: 8); a multiple of nproc")
     val_every: int = Field(100, ge=0, description="validate every N steps (and always at the end); 0 = only at the end")
     val_tokens: int = Field(131072, ge=0, description="size of the fixed validation subset (first N val tokens); 0 = the whole val split")
     val_batch_tokens: int = Field(32768, ge=1, description="tokens per validation forward pass over all ranks")
@@ -122,6 +128,8 @@ class TrainParams(Section):
         final = self.final_seq_len
         if self.val_batch_tokens % (final * self.nproc):
             raise ValueError(f"val_batch_tokens ({self.val_batch_tokens}) must be a multiple of the final seq_len*nproc ({final * self.nproc})")
+        if self.loader == "packed" and not self.model.doc_attention:
+            raise ValueError("loader: packed needs model.doc_attention: true (evaluation must keep documents apart as training does)")
         return self
 
     def _check_seq_len_schedule(self, micro: int) -> None:

@@ -46,9 +46,10 @@ from pgolf.optim import build_optimizers, set_schedule
 from pgolf.train import checkpoint as ckpt
 from pgolf.train import guards
 from pgolf.train.curves import Curves
-from pgolf.train.data import Batch, DistributedBatches, StreamPosition, TokenStream, validation_tokens
+from pgolf.train.data import Batch, StreamPosition, TokenStream, validation_tokens
 from pgolf.train.ema import EMA
 from pgolf.train.evaluate import validation_loss
+from pgolf.train.packed import LOADERS
 from pgolf.train.schedule import StepSettings, settings_at
 from pgolf.train.signals import StopRequest
 
@@ -134,7 +135,7 @@ class Trainer:
         position = self._maybe_resume() if params.resume else StreamPosition()
         self.start_step = self.step
         stream = TokenStream(train_paths, position, self.vocab_size)
-        self.batches = DistributedBatches(stream, info, params.micro_batch_tokens, params.seq_len)
+        self.batches = LOADERS[params.loader](stream, info, params.micro_batch_tokens, params.seq_len, config.bos_id)
         self.val_tokens = validation_tokens(val_paths, params.val_tokens, params.final_seq_len, self.vocab_size)
         use_compile = params.compile and info.device.type == "cuda"
         self.forward: Callable[..., Tensor] = torch.compile(self.model) if use_compile else self.model
