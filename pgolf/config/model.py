@@ -80,6 +80,8 @@ class ModelParams(Section):
         for name, window in (("smear_window", self.smear_window), ("attn_gate_window", self.attn_gate_window)):
             if window > self.width:
                 raise ValueError(f"{name} ({window}) must be <= width ({self.width})")
+        if self.bigram_buckets == 1:
+            raise ValueError("bigram_buckets must be 0 (off) or >= 2 (one bucket is reserved for BOS and row starts)")
         bad = [i for i in self.value_embed_layers if not 0 <= i < self.layers]
         if bad or len(set(self.value_embed_layers)) != len(self.value_embed_layers):
             raise ValueError(f"value_embed_layers {self.value_embed_layers} must be distinct layer indices < layers ({self.layers})")
