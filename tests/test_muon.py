@@ -72,12 +72,15 @@ def test_muon_newton_schulz_rejects_bad_inputs():
 
 
 def test_muon_update_scale_and_row_normalize():
-    g = torch.randn(32, 8)
+    g = torch.randn(32, 8) * torch.logspace(-2, 2, 32)[:, None]  # rows of very different norms
     plain = muon_update(g, 5, BASELINE_COEFFICIENTS, row_normalize=False)
     rows = muon_update(g, 5, BASELINE_COEFFICIENTS, row_normalize=True)
-    scale = (32 / 8) ** 0.5
-    assert torch.allclose(rows.pow(2).mean(dim=1).sqrt(), torch.full((32,), scale), atol=1e-4)
-    assert not torch.allclose(plain, rows)
+    assert torch.allclose(plain, newton_schulz(g, 5, BASELINE_COEFFICIENTS) * (32 / 8) ** 0.5)
+    # MuonEq-R: rows are normalized BEFORE Newton-Schulz (so scaling a row of g changes nothing)
+    unit = g / g.norm(dim=1, keepdim=True)
+    assert torch.allclose(rows, newton_schulz(unit, 5, BASELINE_COEFFICIENTS) * (32 / 8) ** 0.5, atol=1e-6)
+    assert torch.allclose(rows, muon_update(g * torch.rand(32, 1) * 10, 5, BASELINE_COEFFICIENTS, row_normalize=True), atol=1e-5)
+    assert not torch.allclose(plain, rows, atol=1e-3)
 
 
 def test_muon_weight_decay_is_decoupled():

@@ -45,7 +45,7 @@ class MuonParams(Section):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="decoupled weight decay, p -= lr*wd*p (frontier: ~0.04)")
     row_normalize: bool = Field(
         False,
-        description="scale each row of the orthogonalized update to unit RMS (not the records' MuonEq-R, PR #1285, which row-normalizes before Newton-Schulz)",
+        description="MuonEq-R (PR #1285): divide each row of the momentum direction by its L2 norm before Newton-Schulz (records: on)",
     )
 
     @model_validator(mode="after")

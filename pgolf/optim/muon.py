@@ -58,14 +58,18 @@ def nesterov_momentum(grad: Tensor, buffer: Tensor, momentum: float, nesterov: b
     return grad.add(buffer, alpha=momentum) if nesterov else buffer.clone()
 
 
+def row_normalized(direction: Tensor) -> Tensor:
+    """Each row divided by its L2 norm (MuonEq-R, openai/parameter-golf PR #1285): the rows enter
+    Newton-Schulz with equal weight."""
+    return direction / direction.float().norm(dim=1, keepdim=True).clamp_min(NS_EPS).to(direction.dtype)
+
+
 def muon_update(direction: Tensor, steps: int, coefficients: Coefficients, row_normalize: bool) -> Tensor:
     """The orthogonalized update of one matrix, scaled by sqrt(max(1, rows/cols)).
 
-    With `row_normalize` each row is rescaled to unit RMS after orthogonalization.
+    With `row_normalize` the direction's rows are normalized before orthogonalization (MuonEq-R).
     """
-    update = newton_schulz(direction, steps, coefficients)
-    if row_normalize:
-        update = update / (update.pow(2).mean(dim=1, keepdim=True).sqrt() + NS_EPS)
+    update = newton_schulz(row_normalized(direction) if row_normalize else direction, steps, coefficients)
     return update * max(1.0, direction.size(0) / direction.size(1)) ** 0.5
 
 
