@@ -12,8 +12,10 @@ from pgolf.config.base import Section, known_name
 class PackParams(Section):
     """`pack`: the artifact container, its coders, and the 16,000,000-byte gate."""
 
-    compressor: str = Field("best", description="a name of pgolf.pack.codecs.SYMBOL_CODERS, the coder of the integer symbols: best (per tensor the smallest of ans, brotli, lzma) | ans (entropy coder fitted to the symbol counts) | zstd | brotli | lzma | raw")
-    distribution: Literal["group", "tensor"] = Field("group", description="ans: one symbol distribution per tensor group or per tensor (stored in the artifact)")
+    compressor: str = Field("best", description="a name of pgolf.pack.codecs.SYMBOL_CODERS, the coder of each symbol stream: best (per stream the smallest of ans, brotli, lzma) | ans (entropy coder fitted to the symbol counts) | zstd | brotli | lzma | raw")
+    distribution: Literal["group", "role", "tensor"] = Field("group", description="the unit of a symbol stream (each with its own ans distributions): a tensor group, a role across layers (every layer's attn.c_q.weight: the records' per-group packing, PR #1586), or a tensor")
+    layout: Literal["row", "column"] = Field("row", description="symbol streams store each matrix row-major, or transposed (column-major, as the records' per-group packing does): ans classes then model weight columns")
+    ans_clusters: int = Field(1, ge=1, le=64, description="ans: at most this many distributions per stream, each run (stored row: a weight column when column-major) coded by one; K in 1, 2, 4, ... chosen by bytes, the classes stored (1 = one order-0 distribution per stream)")
     side_codec: str = Field("brotli", description="a name of pgolf.pack.codecs.CODECS: codec of the scales, extras and passthrough tensors (zstd | brotli | lzma | raw)")
     shuffle: bool = Field(True, description="byte-shuffle multi-byte tensors (scales, passthrough) before a general compressor")
     zstd_level: int = Field(22, ge=1, le=22, description="zstd compression level")

@@ -4,29 +4,36 @@ Layout (all integers little-endian)::
 
     offset  size  field
     0       8     magic  b"PGOLFART"
-    8       2     format version (u16) = 2
+    8       2     format version (u16) = 3
     10      2     flags (u16) = 0
-    12      4     header length H in bytes (u32), 2 <= H <= MAX_HEADER_BYTES
-    16      4     CRC-32 of the header bytes (u32)
-    20      8     payload length P in bytes (u64)
-    28      4     CRC-32 of bytes 0..27 (u32): the prefix itself
-    32      H     header: UTF-8 JSON object (below)
-    32+H    P     payload: the blobs, back to back in table order, no gaps; file size = 32 + H + P
+    12      4     stored header length H in bytes (u32)
+    16      4     header length U once decompressed (u32), 2 <= U <= MAX_HEADER_BYTES
+    20      4     CRC-32 of the stored header bytes (u32)
+    24      8     payload length P in bytes (u64)
+    32      4     CRC-32 of bytes 0..31 (u32): the prefix itself
+    36      H     header: brotli-compressed UTF-8 JSON object (below)
+    36+H    P     payload: the streams, back to back in stream-table order; file size = 36 + H + P
 
 Header JSON: ``format`` ("pgolf-artifact"), ``model_config`` (object: rebuilds the model with
-``pgolf.model.build_model``), ``meta`` (object: free-form provenance), ``aliases`` (tied weight
-name -> stored tensor name), ``codebooks`` (name -> {min_symbol, counts}: the ANS symbol
-distributions) and ``tensors``, the table: one entry per blob with ``name``, ``role`` ("q": int8
-symbols, "scale": float16 per-row scales of the q tensor of the same name, "plain": a passthrough
-tensor stored as is, "extra": a float part of the quantized tensor of the same name, named by
-``part`` as ``"<term>.<part>"``, e.g. a low-rank correction's ``"lowrank.u"``), ``shape``, ``dtype`` (stored element type), ``out_dtype`` (dtype of the rebuilt weight),
-``bits`` (q only), ``encoding`` (raw | zstd | brotli | lzma | ans), ``shuffle`` (byte shuffle
-before the codec), ``codebook`` (ans only), ``offset`` and ``length`` (in the payload) and
-``crc32`` (of the blob as stored).
+``pgolf.model.build_model``; with ``model_config_crc32`` set it lists only the fields that differ
+from `ModelParams`' defaults, and the loader fills those in and checks the CRC-32 of the whole
+config, see `pgolf.pack.modelconfig`), ``meta`` (free-form provenance), ``aliases`` (tied weight
+name -> stored tensor name), ``streams`` and ``tensors``.
 
-`parse_artifact` checks all of it (magic, version, flags, lengths, CRCs, schema, shapes and
-size bounds, offsets tiling the payload) before any blob is decoded, and raises ArtifactError,
-and nothing else, on any malformed input. Nothing in a file is ever executed.
+``streams``: one entry per blob: ``coder`` (symbol streams: ans | a codec of
+`pgolf.pack.codecs.CODECS`; byte streams: a codec), ``shuffle`` (byte-shuffle item size, 1 =
+none), ``column`` (symbol streams: each tensor stored transposed, column-major), ``length`` and
+``crc32`` of the blob. ``tensors``: one entry per stored part with ``name``, ``role`` ("q": int8
+symbols, "scale": float16 per-row scales of the q tensor of the same name, "extra": a float part
+``"<term>.<part>"`` of that quantized tensor, "plain": a tensor stored as is), ``part`` (extras),
+``shape``, ``dtype``, ``out_dtype`` (dtype of the rebuilt weight), ``bits`` (q only) and
+``stream``. A stream holds its tensors in table order: a symbol stream holds only q tensors (its
+coder decodes them all at once), a byte stream the concatenated little-endian bytes of the others.
+
+`parse_artifact` checks all of it (magic, version, flags, lengths, CRCs, schema, shapes and size
+bounds, stream references, streams tiling the payload) before any stream is decoded, and raises
+ArtifactError, and nothing else, on any malformed input. Nothing in a file is ever executed.
+Format 2 (uncompressed header, one blob per tensor) is not read: repack its quantized model.
 """
 
 from __future__ import annotations
@@ -42,12 +49,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from pgolf.errors import ArtifactError
+from pgolf.pack.codecs import CODECS, compress, decompress
 
 MAGIC = b"PGOLFART"
-FORMAT_VERSION = 2  # 2: role "extra" (parts of a quantized tensor besides symbols and scales)
+FORMAT_VERSION = 3  # 3: compressed header, tensors packed into streams; 2: one blob per tensor
 FORMAT_NAME = "pgolf-artifact"
-PREFIX = struct.Struct("<8sHHIIQ")
+PREFIX = struct.Struct("<8sHHIIIQ")
 PREFIX_BYTES = PREFIX.size + 4  # + CRC-32 of the prefix
+HEADER_CODEC = "brotli"
+HEADER_QUALITY = 11
 MAX_HEADER_BYTES = 1 << 24
 MAX_ARTIFACT_BYTES = 1 << 30
 MAX_TENSOR_ELEMENTS = 1 << 28
@@ -60,7 +70,7 @@ MAX_DIM = 1 << 28
 MAX_NDIM = 8
 ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "int32": 4, "int64": 8, "float16": 2, "bfloat16": 2, "float32": 4, "bool": 1}
 FLOAT_DTYPES = ("float16", "bfloat16", "float32")
-ENCODINGS = ("raw", "zstd", "brotli", "lzma", "ans")
+SYMBOL_CODER_NAMES = ("ans", *CODECS)  # what may code a stream of q tensors
 
 Dtype = Literal["int8", "uint8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "bool"]
 
@@ -69,8 +79,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, protected_namespaces=())
 
 
+class StreamEntry(_Strict):
+    """One blob of the payload and how to decode it."""
+
+    coder: StrictStr = Field(min_length=1, max_length=32)
+    shuffle: StrictInt = Field(1, ge=1, le=8)
+    column: StrictBool = False
+    length: StrictInt = Field(ge=0)
+    crc32: StrictInt = Field(ge=0, le=0xFFFFFFFF)
+
+
 class TensorEntry(_Strict):
-    """One row of the tensor table: where one blob lives and how to decode it."""
+    """One row of the tensor table: one stored part and the stream that holds it."""
 
     name: StrictStr = Field(min_length=1, max_length=512)
     role: Literal["q", "scale", "extra", "plain"]
@@ -79,12 +99,7 @@ class TensorEntry(_Strict):
     dtype: Dtype
     out_dtype: Literal["float16", "bfloat16", "float32"]
     bits: StrictInt | None = Field(None, ge=2, le=8)
-    encoding: Literal["raw", "zstd", "brotli", "lzma", "ans"]
-    shuffle: StrictBool = False
-    codebook: StrictStr | None = None
-    offset: StrictInt = Field(ge=0)
-    length: StrictInt = Field(ge=0)
-    crc32: StrictInt = Field(ge=0, le=0xFFFFFFFF)
+    stream: StrictInt = Field(ge=0)
 
     @property
     def numel(self) -> int:
@@ -95,23 +110,22 @@ class TensorEntry(_Strict):
         return self.numel * ITEMSIZE[self.dtype]
 
 
-class CodebookEntry(_Strict):
-    min_symbol: StrictInt = Field(ge=-128, le=127)
-    counts: list[StrictInt] = Field(min_length=1, max_length=256)
-
-
 class Header(_Strict):
     format: Literal["pgolf-artifact"]
     model_config_: dict = Field(alias="model_config")
+    model_config_crc32: StrictInt | None = Field(None, ge=0, le=0xFFFFFFFF)
     meta: dict
     aliases: dict[StrictStr, StrictStr]
-    codebooks: dict[StrictStr, CodebookEntry]
+    streams: list[StreamEntry]
     tensors: list[TensorEntry]
+
+    def stream_tensors(self, index: int) -> list[TensorEntry]:
+        return [e for e in self.tensors if e.stream == index]
 
 
 @dataclass(frozen=True)
 class ParsedArtifact:
-    """A structurally valid artifact: its header and each blob's stored bytes, in table order."""
+    """A structurally valid artifact: its header and each stream's stored bytes, in stream order."""
 
     header: Header
     blobs: tuple[bytes, ...]
@@ -123,17 +137,19 @@ def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def encode_artifact(model_config: dict, meta: dict, aliases: dict[str, str], codebooks: dict[str, dict], entries: list[dict], blobs: list[bytes]) -> bytes:
-    """Assemble the container. `entries` are table rows without offset/length/crc32 (filled here)."""
-    table, offset = [], 0
-    for entry, blob in zip(entries, blobs, strict=True):
-        table.append({**entry, "offset": offset, "length": len(blob), "crc32": crc32(blob)})
-        offset += len(blob)
-    header = {"format": FORMAT_NAME, "model_config": model_config, "meta": meta, "aliases": aliases, "codebooks": codebooks, "tensors": table}
-    header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
-    parse_header(header_bytes)  # the writer never emits what the reader would reject
-    prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes), crc32(header_bytes), offset)
-    return prefix + struct.pack("<I", crc32(prefix)) + header_bytes + b"".join(blobs)
+def encode_artifact(model_config: dict, meta: dict, aliases: dict[str, str], streams: list[dict], entries: list[dict],
+                    blobs: list[bytes], model_config_crc32: int | None = None) -> bytes:
+    """Assemble the container. `streams` are stream rows without length/crc32 (filled here from `blobs`)."""
+    table = [{**stream, "length": len(blob), "crc32": crc32(blob)} for stream, blob in zip(streams, blobs, strict=True)]
+    header = {"format": FORMAT_NAME, "model_config": model_config, "meta": meta, "aliases": aliases, "streams": table, "tensors": entries}
+    if model_config_crc32 is not None:
+        header["model_config_crc32"] = model_config_crc32
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    parse_header(raw)  # the writer never emits what the reader would reject
+    stored = compress(raw, HEADER_CODEC, HEADER_QUALITY)
+    payload = b"".join(blobs)
+    prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(stored), len(raw), crc32(stored), len(payload))
+    return prefix + struct.pack("<I", crc32(prefix)) + stored + payload
 
 
 def parse_header(raw: bytes, file_bytes: int | None = None) -> Header:
@@ -154,6 +170,7 @@ def parse_header(raw: bytes, file_bytes: int | None = None) -> Header:
     except RecursionError:
         raise ArtifactError("header is nested too deeply") from None
     _check_table(header, file_bytes)
+    _check_streams(header)
     return header
 
 
@@ -165,7 +182,6 @@ def _check_table(header: Header, file_bytes: int | None) -> None:
     seen: set[tuple[str, str, str | None]] = set()
     total = 0
     cap = MAX_TOTAL_ELEMENTS if file_bytes is None else min(MAX_TOTAL_ELEMENTS, ELEMENT_ALLOWANCE + MAX_ELEMENTS_PER_FILE_BYTE * file_bytes)
-    expected_offset = 0
     for entry in header.tensors:
         key = (entry.name, entry.role, entry.part)
         if key in seen:
@@ -178,10 +194,7 @@ def _check_table(header: Header, file_bytes: int | None) -> None:
         total += entry.numel
         if total > cap:
             raise ArtifactError(f"table claims more than {cap} elements: implausible for a file of {file_bytes} bytes (cap {MAX_TOTAL_ELEMENTS})")
-        if entry.offset != expected_offset:
-            raise ArtifactError(f"tensor {entry.name}: offset {entry.offset}, expected {expected_offset} (blobs must be contiguous)")
-        expected_offset += entry.length
-        _check_entry(entry, header)
+        _check_entry(entry)
     names_q = {e.name: e for e in header.tensors if e.role == "q"}
     for entry in header.tensors:
         if entry.role == "scale":
@@ -201,7 +214,7 @@ def _check_table(header: Header, file_bytes: int | None) -> None:
             raise ArtifactError(f"alias {alias} -> {target}: target missing or alias shadows a stored tensor")
 
 
-def _check_entry(entry: TensorEntry, header: Header) -> None:
+def _check_entry(entry: TensorEntry) -> None:
     where = f"tensor {entry.name} ({entry.role})"
     if entry.role == "q":
         if entry.dtype != "int8" or entry.bits is None or len(entry.shape) != 2:
@@ -214,52 +227,74 @@ def _check_entry(entry: TensorEntry, header: Header) -> None:
         raise ArtifactError(f"{where}: extras, and only extras, name a part")
     if entry.role == "extra" and entry.dtype not in FLOAT_DTYPES:
         raise ArtifactError(f"{where}: extras are float tensors, got {entry.dtype}")
-    if entry.encoding == "ans":
-        if entry.role != "q" or entry.codebook not in header.codebooks:
-            raise ArtifactError(f"{where}: ans needs a q tensor and a known codebook, got {entry.codebook!r}")
-        if entry.shuffle:
-            raise ArtifactError(f"{where}: ans blobs are not shuffled")
-    elif entry.codebook is not None:
-        raise ArtifactError(f"{where}: codebook given for encoding {entry.encoding}")
-    if entry.encoding == "raw" and entry.length != entry.raw_bytes:
-        raise ArtifactError(f"{where}: raw length {entry.length} != {entry.raw_bytes} bytes for shape {entry.shape}")
+
+
+def _check_streams(header: Header) -> None:
+    members: dict[int, list[TensorEntry]] = {}
+    for entry in header.tensors:
+        if entry.stream >= len(header.streams):
+            raise ArtifactError(f"tensor {entry.name} ({entry.role}): stream {entry.stream}, but the table has {len(header.streams)}")
+        members.setdefault(entry.stream, []).append(entry)
+    for index, stream in enumerate(header.streams):
+        where = f"stream {index} ({stream.coder})"
+        entries = members.get(index)
+        if not entries:
+            raise ArtifactError(f"{where}: holds no tensor")
+        symbols = entries[0].role == "q"
+        if any((e.role == "q") != symbols for e in entries):
+            raise ArtifactError(f"{where}: mixes q tensors with other parts")
+        if stream.coder not in (SYMBOL_CODER_NAMES if symbols else CODECS):
+            raise ArtifactError(f"{where}: unknown coder for {'symbols' if symbols else 'bytes'} (known: {', '.join(SYMBOL_CODER_NAMES if symbols else CODECS)})")
+        if symbols and stream.shuffle != 1:
+            raise ArtifactError(f"{where}: symbol streams are not shuffled")
+        if not symbols and stream.column:
+            raise ArtifactError(f"{where}: only symbol streams are column-major")
+        if stream.shuffle > 1 and any(ITEMSIZE[e.dtype] != stream.shuffle for e in entries):
+            raise ArtifactError(f"{where}: shuffled by {stream.shuffle}-byte items, but holds other item sizes")
+        if stream.coder == "raw" and stream.length != sum(e.raw_bytes for e in entries):
+            raise ArtifactError(f"{where}: raw length {stream.length} != {sum(e.raw_bytes for e in entries)} bytes of its tensors")
 
 
 def parse_artifact(data: bytes) -> ParsedArtifact:
-    """Validate a whole artifact held in memory; return its header and blobs."""
+    """Validate a whole artifact held in memory; return its header and stream blobs."""
     if len(data) < PREFIX_BYTES:
         raise ArtifactError(f"truncated: {len(data)} bytes, the fixed prefix alone is {PREFIX_BYTES}")
-    magic, version, flags, header_len, header_crc, payload_len = PREFIX.unpack_from(data, 0)
+    magic, version, flags, stored_len, header_len, header_crc, payload_len = PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise ArtifactError(f"bad magic {magic!r} (expected {MAGIC!r}): not a pgolf artifact")
     (prefix_crc,) = struct.unpack_from("<I", data, PREFIX.size)
     if prefix_crc != crc32(data[: PREFIX.size]):
         raise ArtifactError("prefix checksum mismatch: the fixed header fields are corrupt")
     if version != FORMAT_VERSION:
-        raise ArtifactError(f"unsupported format version {version} (this loader reads {FORMAT_VERSION})")
+        raise ArtifactError(f"unsupported format version {version} (this loader reads {FORMAT_VERSION}; repack older artifacts)")
     if flags != 0:
         raise ArtifactError(f"unknown flags {flags:#06x}")
     if not 2 <= header_len <= MAX_HEADER_BYTES:
         raise ArtifactError(f"header length {header_len} outside [2, {MAX_HEADER_BYTES}]")
-    expected = PREFIX_BYTES + header_len + payload_len
+    expected = PREFIX_BYTES + stored_len + payload_len
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "has trailing bytes"
         raise ArtifactError(f"{kind}: {len(data)} bytes, prefix says {expected}")
-    raw_header = data[PREFIX_BYTES : PREFIX_BYTES + header_len]
-    if crc32(raw_header) != header_crc:
+    stored = data[PREFIX_BYTES : PREFIX_BYTES + stored_len]
+    if crc32(stored) != header_crc:
         raise ArtifactError("header checksum mismatch")
+    try:
+        raw_header = decompress(stored, HEADER_CODEC, header_len)
+    except ArtifactError as exc:
+        raise ArtifactError(f"header does not decompress ({exc})") from None
     header = parse_header(raw_header, len(data))
-    used = sum(e.length for e in header.tensors)
+    used = sum(s.length for s in header.streams)
     if used != payload_len:
-        raise ArtifactError(f"table covers {used} payload bytes, prefix says {payload_len}")
-    base = PREFIX_BYTES + header_len
+        raise ArtifactError(f"stream table covers {used} payload bytes, prefix says {payload_len}")
+    offset = PREFIX_BYTES + stored_len
     blobs = []
-    for entry in header.tensors:
-        blob = data[base + entry.offset : base + entry.offset + entry.length]
-        if crc32(blob) != entry.crc32:
-            raise ArtifactError(f"tensor {entry.name} ({entry.role}): checksum mismatch")
+    for index, stream in enumerate(header.streams):
+        blob = data[offset : offset + stream.length]
+        offset += stream.length
+        if crc32(blob) != stream.crc32:
+            raise ArtifactError(f"stream {index} ({stream.coder}): checksum mismatch")
         blobs.append(blob)
-    return ParsedArtifact(header=header, blobs=tuple(blobs), header_bytes=header_len, file_bytes=len(data))
+    return ParsedArtifact(header=header, blobs=tuple(blobs), header_bytes=stored_len, file_bytes=len(data))
 
 
 def read_artifact_bytes(path: str | Path) -> bytes:

@@ -21,26 +21,23 @@ UNPACKED_HEADER = "header.json"
 
 
 def describe(path: str | Path, parsed: ParsedArtifact) -> dict:
-    """The tensor table and byte accounting of a validated artifact."""
+    """The stream and tensor tables and byte accounting of a validated artifact."""
     header = parsed.header
-    by_role: dict[str, int] = {}
-    by_encoding: dict[str, int] = {}
-    for entry in header.tensors:
-        by_role[entry.role] = by_role.get(entry.role, 0) + entry.length
-        by_encoding[entry.encoding] = by_encoding.get(entry.encoding, 0) + entry.length
+    by_coder: dict[str, int] = {}
+    for stream in header.streams:
+        by_coder[stream.coder] = by_coder.get(stream.coder, 0) + stream.length
     return {
         "artifact": str(path),
         "format_version": FORMAT_VERSION,
         "file_bytes": parsed.file_bytes,
         "prefix_bytes": PREFIX_BYTES,
         "header_bytes": parsed.header_bytes,
-        "payload_bytes": sum(e.length for e in header.tensors),
-        "payload_bytes_by_role": by_role,
-        "payload_bytes_by_encoding": by_encoding,
+        "payload_bytes": sum(s.length for s in header.streams),
+        "payload_bytes_by_coder": by_coder,
         "model_config": header.model_config_,
         "meta": header.meta,
         "aliases": header.aliases,
-        "codebooks": {name: {"min_symbol": cb.min_symbol, "alphabet": len(cb.counts), "symbols": sum(cb.counts)} for name, cb in header.codebooks.items()},
+        "streams": [{**s.model_dump(), "tensors": len(header.stream_tensors(i))} for i, s in enumerate(header.streams)],
         "tensors": [e.model_dump(exclude_none=True) for e in header.tensors],
     }
 
@@ -53,11 +50,16 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{info['artifact']}: {info['file_bytes']} bytes (header {info['header_bytes']}, payload {info['payload_bytes']}), format v{info['format_version']}")
-    for entry in info["tensors"]:
-        bits = f"int{entry['bits']}" if "bits" in entry else entry["dtype"]
-        shape = "x".join(map(str, entry["shape"])) or "scalar"
-        print(f"  {entry['name']:<40} {entry['role']:<6} {shape:>12} {bits:>8} {entry['encoding']:>7} {entry['length']:>10}")
+    print(f"{info['artifact']}: {info['file_bytes']} bytes (prefix {info['prefix_bytes']}, header {info['header_bytes']}, payload {info['payload_bytes']}), format v{info['format_version']}")
+    for index, stream in enumerate(info["streams"]):
+        layout = " column-major" if stream["column"] else ""
+        shuffle = f" shuffle {stream['shuffle']}" if stream["shuffle"] > 1 else ""
+        print(f"stream {index}: {stream['coder']}{layout}{shuffle}, {stream['tensors']} tensors, {stream['length']} bytes")
+        for entry in (e for e in info["tensors"] if e["stream"] == index):
+            bits = f"int{entry['bits']}" if "bits" in entry else entry["dtype"]
+            shape = "x".join(map(str, entry["shape"])) or "scalar"
+            role = entry["role"] + (f" {entry['part']}" if "part" in entry else "")
+            print(f"  {entry['name']:<40} {role:<16} {shape:>12} {bits:>8}")
     return 0
 
 

@@ -68,9 +68,9 @@ CODECS: dict[str, Codec] = {
         lambda data, limit: lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters()).decompress(data, max_length=limit),
     ),
 }
-# pack.compressor: name -> the coders tried on each integer tensor (the smallest blob wins);
-# "ans" is the entropy coder of pgolf.pack.entropy. `best`: LZ coders win on trained embeddings
-# with near-duplicate rows, which an order-0 model cannot see.
+# pack.compressor: name -> the coders tried on each symbol stream (the smallest blob wins);
+# "ans" is the entropy coder of pgolf.pack.runs. `best`: LZ coders win on trained embeddings
+# with near-duplicate rows, which per-run distributions cannot see.
 SYMBOL_CODERS: dict[str, tuple[str, ...]] = {"best": ("ans", "brotli", "lzma"), "ans": ("ans",), **{name: (name,) for name in CODECS}}
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pgolf.errors import ArtifactError, PgolfError
-from pgolf.pack.artifact import ParsedArtifact, TensorEntry, parse_artifact, read_artifact_bytes
+from pgolf.pack.artifact import ParsedArtifact, StreamEntry, TensorEntry, parse_artifact, read_artifact_bytes
 from pgolf.pack.codecs import decompress, unshuffle_bytes
-from pgolf.pack.entropy import Codebook, decode
+from pgolf.pack.runs import decode_runs
 from pgolf.model import build_model
 from pgolf.quant.scheme import QuantizedTensor
 
@@ -34,38 +35,44 @@ class Artifact:
     metadata: dict
 
 
-def decode_blob(entry: TensorEntry, blob: bytes, codebooks: dict[str, Codebook]) -> torch.Tensor:
-    """One table entry's tensor, exactly as stored (int8 symbols, float16 scales, plain tensors)."""
-    if entry.encoding == "ans":
-        values = torch.from_numpy(decode(blob, codebooks[entry.codebook], entry.numel))
-        return values.reshape(entry.shape)
-    raw = decompress(blob, entry.encoding, entry.raw_bytes)
-    if entry.shuffle:
-        raw = unshuffle_bytes(raw, _itemsize(entry.dtype))
-    buffer = bytearray(raw)
-    if entry.numel == 0:
-        return torch.zeros(entry.shape, dtype=TORCH_DTYPES[entry.dtype])
-    return torch.frombuffer(buffer, dtype=TORCH_DTYPES[entry.dtype]).reshape(entry.shape)
+def decode_symbol_stream(stream: StreamEntry, blob: bytes, entries: list[TensorEntry]) -> list[torch.Tensor]:
+    """The int8 symbols of a symbol stream's q tensors, in their weight orientation."""
+    shapes = [(e.shape[1], e.shape[0]) if stream.column else (e.shape[0], e.shape[1]) for e in entries]
+    if stream.coder == "ans":
+        mats = decode_runs(blob, shapes)
+    else:
+        raw = decompress(blob, stream.coder, sum(r * c for r, c in shapes))
+        flat = np.frombuffer(raw, dtype=np.int8)
+        mats, start = [], 0
+        for rows, cols in shapes:
+            mats.append(flat[start : start + rows * cols].reshape(rows, cols).copy())
+            start += rows * cols
+    return [torch.from_numpy(np.ascontiguousarray(m.T if stream.column else m)) for m in mats]
 
 
-def _itemsize(dtype: str) -> int:
-    return torch.empty(0, dtype=TORCH_DTYPES[dtype]).element_size()
+def decode_byte_stream(stream: StreamEntry, blob: bytes, entries: list[TensorEntry]) -> list[torch.Tensor]:
+    """The tensors of a byte stream, exactly as stored."""
+    raw = unshuffle_bytes(decompress(blob, stream.coder, sum(e.raw_bytes for e in entries)), stream.shuffle)
+    out, start = [], 0
+    for e in entries:
+        part = bytearray(raw[start : start + e.raw_bytes])
+        start += e.raw_bytes
+        out.append(torch.frombuffer(part, dtype=TORCH_DTYPES[e.dtype]).reshape(e.shape) if e.numel else torch.zeros(e.shape, dtype=TORCH_DTYPES[e.dtype]))
+    return out
 
 
 PartKey = tuple[str, str, str | None]  # (name, role, part)
 
 
 def decode_tensors(parsed: ParsedArtifact) -> dict[PartKey, torch.Tensor]:
-    """Every blob decoded exactly as stored, keyed by (name, role, part)."""
-    codebooks = {}
-    for name, cb in parsed.header.codebooks.items():
-        codebook = Codebook(cb.min_symbol, tuple(cb.counts))
-        codebook.validate()
-        codebooks[name] = codebook
-    return {
-        (entry.name, entry.role, entry.part): decode_blob(entry, blob, codebooks)
-        for entry, blob in zip(parsed.header.tensors, parsed.blobs)
-    }
+    """Every stored part decoded exactly as stored, keyed by (name, role, part)."""
+    out: dict[PartKey, torch.Tensor] = {}
+    for index, (stream, blob) in enumerate(zip(parsed.header.streams, parsed.blobs)):
+        entries = parsed.header.stream_tensors(index)
+        decoder = decode_symbol_stream if entries[0].role == "q" else decode_byte_stream
+        for entry, tensor in zip(entries, decoder(stream, blob, entries)):
+            out[(entry.name, entry.role, entry.part)] = tensor
+    return out
 
 
 def quantized_tensors(parsed: ParsedArtifact, decoded: dict[PartKey, torch.Tensor]) -> dict[str, QuantizedTensor]:

@@ -1,20 +1,24 @@
 """pack: a QuantizedModel -> artifact bytes, byte accounting, and the 16,000,000-byte gate.
 
-Integer symbols are coded by `pack.compressor` (a name of `pgolf.pack.codecs.SYMBOL_CODERS`):
-`ans` fits one distribution per tensor group (or per tensor) to the symbols and entropy-codes them;
-zstd/brotli/lzma/raw code the int8 bytes; `best` keeps, per tensor, the smallest of ANS, brotli
-and lzma. Scales, extras and passthrough tensors go through `pack.side_codec`, byte-shuffled if
-`pack.shuffle`. Every part of a `QuantizedTensor` is stored generically: a new kind of extra
-needs no change here.
+Integer symbols go into *symbol streams*, one per `pack.distribution` unit (a tensor group, a
+role across layers such as every layer's ``attn.c_q.weight``, or a single tensor), each matrix
+transposed first when `pack.layout` is column (the records' per-group layout, PR #1586). A
+stream is coded by the smallest of the coders `SYMBOL_CODERS[pack.compressor]` names: `ans`
+(`pgolf.pack.runs`: up to `pack.ans_clusters` distributions, one class per run) or a general
+codec of the stream's bytes. Scales, extras and passthrough tensors are packed together, one
+*byte stream* per dtype (byte-shuffled if `pack.shuffle`), coded by `pack.side_codec`. Every part
+of a `QuantizedTensor` is stored generically: a new kind of extra needs no change here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 import shutil
-from dataclasses import dataclass
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +28,42 @@ from pgolf.bytetable import tokenizer_sha256
 from pgolf.config.pack import PackParams
 from pgolf.errors import ArtifactError
 from pgolf.io import atomic_dir, write_json_atomic
+from pgolf.pack.accounting import EntropyBound, entropy_bound, group_symbols
 from pgolf.pack.artifact import encode_artifact
+from pgolf.pack.cluster_fit import fit_classes
 from pgolf.pack.code_bytes import measure_code_bytes
 from pgolf.pack.codecs import SYMBOL_CODERS, compress, shuffle_bytes
-from pgolf.pack.entropy import Codebook, encode, fit_codebook, order0_entropy_bits
+from pgolf.pack.entropy import order0_entropy_bits
+from pgolf.pack.runs import BLOB_HEAD, encode_runs
 from pgolf.quant.apply import QuantizedModel, dtype_name, summarize_report
-from pgolf.quant.scheme import QuantizedTensor
 from pgolf.quant.store import load_quantized
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_NAME = "model.pgolf"
 REFERENCE_BROTLI_QUALITY = 11
+LAYER_INDEX = re.compile(r"\.\d+(?=\.)")
+
+# pack.distribution: the unit of a symbol stream, from a tensor's name and group.
+STREAM_UNITS: dict[str, Callable[[str, str], str]] = {
+    "group": lambda name, group: group,
+    "role": lambda name, group: f"{group}/{LAYER_INDEX.sub('', name)}",  # blocks.3.attn.c_q.weight -> blocks.attn.c_q.weight
+    "tensor": lambda name, group: name,
+}
 
 
 @dataclass(frozen=True)
 class PackedModel:
-    """Artifact bytes plus the per-group accounting of its integer symbols (packed bytes of a group
-    include its ANS codebook)."""
+    """Artifact bytes plus the accounting of where they go."""
 
     data: bytes
     groups: dict[str, dict]
     bytes_symbols: int
     entropy_bytes: float
+    bytes_side: int = 0
+    bytes_container: int = 0
+    bound: EntropyBound = field(default_factory=lambda: EntropyBound(0.0, 0))
+    streams: tuple[dict, ...] = ()
 
     @property
     def bytes_model(self) -> int:
@@ -66,119 +83,118 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def side_blob(tensor: torch.Tensor, params: PackParams) -> tuple[bytes, dict]:
-    raw = tensor_bytes(tensor)
-    shuffle = params.shuffle and params.side_codec != "raw" and tensor.element_size() > 1
-    if shuffle:
-        raw = shuffle_bytes(raw, tensor.element_size())
-    return compress(raw, params.side_codec, codec_level(params.side_codec, params)), {"encoding": params.side_codec, "shuffle": shuffle}
+def stored_matrices(qm: QuantizedModel, names: list[str], column: bool) -> list[np.ndarray]:
+    """The stream's int8 matrices in stored orientation (transposed when column-major)."""
+    mats = [qm.quantized[name].q.numpy() for name in names]
+    return [np.ascontiguousarray(m.T if column else m) for m in mats]
 
 
-def fit_codebooks(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], params: PackParams) -> dict[str, Codebook]:
-    """ANS distributions: one per tensor group, or one per tensor."""
-    if "ans" not in SYMBOL_CODERS[params.compressor]:
-        return {}
-    if params.distribution == "group":
-        return {g: fit_codebook(np.concatenate(parts)) for g, parts in by_group.items()}
-    return {name: fit_codebook(qt.q.numpy()) for name, qt in qm.quantized.items()}
-
-
-def symbol_blob(name: str, qt: QuantizedTensor, params: PackParams, codebooks: dict[str, Codebook]) -> tuple[bytes, dict, int | None]:
-    """(blob, encoding fields, ANS payload bytes or None) of one integer tensor: the smallest of
-    the coders `SYMBOL_CODERS[pack.compressor]` names (the first on ties)."""
-    symbols = qt.q.numpy()
-    options: list[tuple[bytes, dict]] = []
-    ans_bytes = None
+def symbol_candidates(mats: list[np.ndarray], params: PackParams) -> dict[str, bytes]:
+    """Each coder of `SYMBOL_CODERS[pack.compressor]` -> its blob of the stream."""
+    out = {}
     for coder in SYMBOL_CODERS[params.compressor]:
         if coder == "ans":
-            book = qt.group if params.distribution == "group" else name
-            blob = encode(symbols, codebooks[book])
-            ans_bytes = len(blob)
-            options.append((blob, {"encoding": "ans", "shuffle": False, "codebook": book}))
+            classes, clusters = fit_classes(mats, params.ans_clusters)
+            out[coder] = encode_runs(mats, classes, clusters)
         else:
-            options.append((compress(symbols.tobytes(), coder, codec_level(coder, params)), {"encoding": coder, "shuffle": False}))
-    blob, enc = min(options, key=lambda option: len(option[0]))
-    return blob, enc, ans_bytes
+            out[coder] = compress(b"".join(m.tobytes() for m in mats), coder, codec_level(coder, params))
+    return out
+
+
+def side_parts(qm: QuantizedModel) -> list[tuple[dict, torch.Tensor]]:
+    """(table entry without stream, tensor) of every scale, extra and passthrough, in model order."""
+    parts = []
+    for name in qm.dtypes:
+        out_dtype = out_dtype_of(qm, name)
+        if name in qm.quantized:
+            qt = qm.quantized[name]
+            parts.append(({"name": name, "role": "scale", "shape": [int(qt.scale.numel())], "dtype": "float16", "out_dtype": out_dtype}, qt.scale.half()))
+            for part, tensor in qt.extras.items():
+                parts.append(({"name": name, "role": "extra", "part": part, "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype), "out_dtype": out_dtype}, tensor))
+        else:
+            tensor = qm.passthrough[name]
+            parts.append(({"name": name, "role": "plain", "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype), "out_dtype": out_dtype}, tensor))
+    return parts
+
+
+def out_dtype_of(qm: QuantizedModel, name: str) -> str:
+    return qm.dtypes[name] if qm.dtypes[name] in ("float16", "bfloat16", "float32") else "float32"
 
 
 def pack_model(qm: QuantizedModel, params: PackParams, meta: dict | None = None) -> PackedModel:
     """Encode every tensor of `qm` into one artifact (bytes)."""
-    by_group: dict[str, list[np.ndarray]] = {}
-    for qt in qm.quantized.values():
-        by_group.setdefault(qt.group, []).append(qt.q.numpy().ravel())
-    codebooks = fit_codebooks(qm, by_group, params)
-    entries: list[dict] = []
-    blobs: list[bytes] = []
-    packed: dict[str, int] = {}
-    used_books: set[str] = set()
-
-    def add(key: str, amount: int) -> None:
-        packed[key] = packed.get(key, 0) + amount
-
-    for name in qm.dtypes:
-        out_dtype = qm.dtypes[name] if qm.dtypes[name] in ("float16", "bfloat16", "float32") else "float32"
-        if name in qm.quantized:
+    units: dict[str, list[str]] = {}
+    for name, qt in qm.quantized.items():
+        units.setdefault(STREAM_UNITS[params.distribution](name, qt.group), []).append(name)
+    column = params.layout == "column"
+    streams, entries, blobs, accounts = [], [], [], []
+    for names in units.values():
+        candidates = symbol_candidates(stored_matrices(qm, names, column), params)
+        coder = min(candidates, key=lambda c: len(candidates[c]))  # the first on ties
+        index = len(streams)
+        streams.append({"coder": coder, "column": column} if column else {"coder": coder})
+        blobs.append(candidates[coder])
+        group = qm.quantized[names[0]].group
+        accounts.append({"group": group, "coder": coder, "bytes": len(candidates[coder]), "ans_bytes": len(candidates["ans"]) if "ans" in candidates else None,
+                         "model_bytes": model_section_bytes(candidates[coder]) if coder == "ans" else 0})
+        for name in names:
             qt = qm.quantized[name]
-            blob, enc, ans_bytes = symbol_blob(name, qt, params, codebooks)
-            entries.append({"name": name, "role": "q", "shape": list(qt.q.shape), "dtype": "int8", "out_dtype": out_dtype, "bits": qt.bits, **enc})
-            blobs.append(blob)
-            add(qt.group, len(blob))
-            add(f"{qt.group}_enc_{enc['encoding']}", 1)
-            if ans_bytes is not None:
-                add(f"{qt.group}_ans", ans_bytes)
-            if "codebook" in enc:
-                used_books.add(enc["codebook"])
-            scale_blob, scale_enc = side_blob(qt.scale.half(), params)
-            entries.append({"name": name, "role": "scale", "shape": [int(qt.scale.numel())], "dtype": "float16", "out_dtype": out_dtype, **scale_enc})
-            blobs.append(scale_blob)
-            add(f"{qt.group}_scales", len(scale_blob))
-            for part, tensor in qt.extras.items():
-                extra_blob, extra_enc = side_blob(tensor, params)
-                entries.append({"name": name, "role": "extra", "part": part, "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype), "out_dtype": out_dtype, **extra_enc})
-                blobs.append(extra_blob)
-                add(f"{qt.group}_extras", len(extra_blob))
-        else:
-            tensor = qm.passthrough[name]
-            blob, enc = side_blob(tensor, params)
-            entries.append({"name": name, "role": "plain", "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype), "out_dtype": out_dtype, **enc})
-            blobs.append(blob)
-            add("passthrough", len(blob))
-    for book_name, book in codebooks.items():
-        group = book_name if params.distribution == "group" else qm.quantized[book_name].group
-        add(f"{group}_ans", codebook_bytes(book.to_json()))
-        if book_name in used_books:
-            add(f"{group}_codebook", codebook_bytes(book.to_json()))
-    stored_books = {k: v.to_json() for k, v in codebooks.items() if k in used_books}
-    data = encode_artifact(qm.model_config, meta or {}, dict(qm.aliases), stored_books, entries, blobs)
-    groups = group_accounting(qm, by_group, packed, params.reference_brotli)
-    return PackedModel(data, groups, sum(g["packed_bytes"] for g in groups.values()), sum(g["entropy_bytes"] for g in groups.values()))
+            entries.append({"name": name, "role": "q", "shape": list(qt.q.shape), "dtype": "int8", "out_dtype": out_dtype_of(qm, name), "bits": qt.bits, "stream": index})
+    side_bytes = 0
+    by_dtype: dict[str, list[tuple[dict, torch.Tensor]]] = {}
+    for entry, tensor in side_parts(qm):
+        by_dtype.setdefault(entry["dtype"], []).append((entry, tensor))
+    side_share: dict[tuple[str, str], float] = {}
+    for dtype, parts in by_dtype.items():
+        itemsize = parts[0][1].element_size()
+        raw = b"".join(tensor_bytes(t) for _, t in parts)
+        shuffle = itemsize if params.shuffle and params.side_codec != "raw" and itemsize > 1 else 1
+        blob = compress(shuffle_bytes(raw, shuffle), params.side_codec, codec_level(params.side_codec, params))
+        index = len(streams)
+        streams.append({"coder": params.side_codec, "shuffle": shuffle} if shuffle > 1 else {"coder": params.side_codec})
+        blobs.append(blob)
+        side_bytes += len(blob)
+        for entry, tensor in parts:
+            entries.append({**entry, "stream": index})
+            key = (qm.quantized[entry["name"]].group if entry["name"] in qm.quantized else "passthrough", entry["role"])
+            side_share[key] = side_share.get(key, 0.0) + len(blob) * len(tensor_bytes(tensor)) / max(len(raw), 1)
+    data = encode_artifact(qm.model_config, meta or {}, dict(qm.aliases), streams, entries, blobs)
+    bytes_symbols = sum(a["bytes"] for a in accounts)
+    bound = entropy_bound(qm)
+    groups = group_accounting(qm, accounts, side_share, params.reference_brotli)
+    stream_rows = tuple({**s, "bytes": len(b)} for s, b in zip(streams, blobs))
+    return PackedModel(data, groups, bytes_symbols, bound.symbol_bytes, side_bytes, len(data) - sum(len(b) for b in blobs), bound, stream_rows)
 
 
-def codebook_bytes(book: dict) -> int:
-    """What a codebook adds to the artifact header (its compact JSON)."""
-    return len(json.dumps(book, separators=(",", ":")))
+def model_section_bytes(blob: bytes) -> int:
+    """Bytes of an `ans` stream that are its model (head, counts, classes), not coded symbols."""
+    return BLOB_HEAD.size + struct.unpack_from("<I", blob, BLOB_HEAD.size - 4)[0]
 
 
-def group_accounting(qm: QuantizedModel, by_group: dict[str, list[np.ndarray]], packed: dict[str, int], reference_brotli: bool) -> dict[str, dict]:
+def group_accounting(qm: QuantizedModel, accounts: list[dict], side_share: dict[tuple[str, str], float], reference_brotli: bool) -> dict[str, dict]:
     errors = summarize_report(qm.report)
     groups = {}
-    for group, parts in by_group.items():
-        symbols = np.concatenate(parts)
+    for group, symbols in group_symbols(qm).items():
+        mine = [a for a in accounts if a["group"] == group]
         entropy_bits = order0_entropy_bits(symbols)
+        coded = sum(a["bytes"] for a in mine)
         bits = sorted({qt.bits for qt in qm.quantized.values() if qt.group == group})
-        coded = packed.get(group, 0) + packed.get(f"{group}_codebook", 0)
+        encodings: dict[str, int] = {}
+        for a in mine:
+            encodings[a["coder"]] = encodings.get(a["coder"], 0) + 1
         groups[group] = {
             "bits": bits[0] if len(bits) == 1 else bits,
             "symbols": int(symbols.size),
+            "streams": len(mine),
             "entropy_bits": entropy_bits,
             "entropy_bytes": entropy_bits / 8,
             "packed_bytes": coded,
-            "codebook_bytes": packed.get(f"{group}_codebook", 0),
+            "codebook_bytes": sum(a["model_bytes"] for a in mine),
             "packed_to_entropy": coded / (entropy_bits / 8) if entropy_bits else None,
-            "ans_bytes": packed.get(f"{group}_ans"),
-            "encodings": {k.rsplit("_enc_", 1)[1]: v for k, v in packed.items() if k.startswith(f"{group}_enc_")},
-            "scale_bytes": packed.get(f"{group}_scales", 0),
-            "extras_bytes": packed.get(f"{group}_extras", 0),
+            "ans_bytes": sum(a["ans_bytes"] for a in mine) if all(a["ans_bytes"] is not None for a in mine) else None,
+            "encodings": encodings,
+            "scale_bytes": round(side_share.get((group, "scale"), 0.0)),  # side streams are shared: bytes attributed by raw size
+            "extras_bytes": round(side_share.get((group, "extra"), 0.0)),
             "brotli11_bytes": len(compress(symbols.tobytes(), "brotli", REFERENCE_BROTLI_QUALITY)) if reference_brotli else None,
             "quant_error": errors.get(group, {}),
         }
@@ -194,12 +210,31 @@ class PackReport:
     limit_bytes: int
 
 
+def pack_metrics(packed: PackedModel, params: PackParams) -> dict:
+    """The whole-model accounting of an artifact (metrics/pack.json without the code part)."""
+    bound = packed.bound.total_bytes
+    return {
+        "bytes_symbols": packed.bytes_symbols,
+        "bytes_side": packed.bytes_side,
+        "bytes_container": packed.bytes_container,
+        "container_fraction": packed.bytes_container / packed.bytes_model,
+        "entropy_bytes": packed.entropy_bytes,
+        "entropy_bound_bytes": bound,
+        "model_to_entropy_bound": packed.bytes_model / bound if bound else None,
+        "symbols_to_entropy": packed.bytes_symbols / packed.entropy_bytes if packed.entropy_bytes else None,
+        "brotli11_symbol_bytes": sum(g["brotli11_bytes"] for g in packed.groups.values()) if params.reference_brotli else None,
+        "compressor": params.compressor,
+        "streams": list(packed.streams),
+        "groups": packed.groups,
+    }
+
+
 def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
                repo_root: str | Path = ".", tokenizer: str | Path | None = None) -> PackReport:
     """The `pack` stage: artifact into `out_dir`, metrics JSON; fails over the byte limit. With
     `tokenizer`, the artifact records its sha256 and evaluation refuses any other tokenizer."""
     qm = load_quantized(quantized_dir)
-    meta: dict = {"pack": {"compressor": params.compressor, "distribution": params.distribution, "side_codec": params.side_codec}}
+    meta: dict = {}
     if tokenizer is not None:
         meta["tokenizer_sha256"] = tokenizer_sha256(tokenizer)
     packed = pack_model(qm, params, meta)
@@ -217,12 +252,7 @@ def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Pat
     report = PackReport(os.path.relpath(artifact_path, repo_root), packed.bytes_model, code.bytes_code, total, params.limit_bytes)
     metrics = {
         **report.__dict__,
-        "bytes_symbols": packed.bytes_symbols,
-        "entropy_bytes": packed.entropy_bytes,
-        "symbols_to_entropy": packed.bytes_symbols / packed.entropy_bytes if packed.entropy_bytes else None,
-        "brotli11_symbol_bytes": sum(g["brotli11_bytes"] for g in packed.groups.values()) if params.reference_brotli else None,
-        "compressor": params.compressor,
-        "groups": packed.groups,
+        **pack_metrics(packed, params),
         "code": {"modules": list(params.code_modules), "files": list(code.files), "bytes_raw": code.bytes_raw, "codec": "lzma-9e"},
     }
     write_json_atomic(metrics_path, metrics)
