@@ -16,7 +16,7 @@ from pgolf.pack.artifact import encode_artifact, parse_artifact
 from pgolf.pack.load import artifact_from_parsed
 from pgolf.pack.pack import pack_model
 from pgolf.quant.apply import quantize_state
-from pgolf.quant.lowrank import fit_lowrank
+from pgolf.quant.lowrank_fit import fit_lowrank
 from pgolf.quant.rtn import qmax_for_bits, rtn, std_scale
 from pgolf.quant.scheme import QuantizedTensor
 from pgolf.quant.store import load_quantized, save_quantized
@@ -86,10 +86,11 @@ def test_lowrank_round_trips_through_store_pack_and_loader(tmp_path):
 
 
 def test_container_rejects_an_extra_without_its_q_tensor():
-    entries = [{"name": "w", "role": "extra", "part": "lowrank.u", "shape": [2], "dtype": "float16", "out_dtype": "float32", "encoding": "raw"}]
+    streams = [{"coder": "raw"}]
+    entries = [{"name": "w", "role": "extra", "part": "lowrank.u", "shape": [2], "dtype": "float16", "out_dtype": "float32", "stream": 0}]
     with pytest.raises(ArtifactError, match="without a q tensor"):
-        encode_artifact(TINY, {}, {}, {}, entries, [b"\x00" * 4])
+        encode_artifact(TINY, {}, {}, streams, entries, [b"\x00" * 4])
     entries[0].update(role="plain")
     with pytest.raises(ArtifactError, match="part"):
-        encode_artifact(TINY, {}, {}, {}, entries, [b"\x00" * 4])
+        encode_artifact(TINY, {}, {}, streams, entries, [b"\x00" * 4])
     json.dumps(entries)  # entries stay plain JSON data

@@ -14,3 +14,4 @@ class CalibrateParams(Section):
     batch_seqs: int = Field(4, ge=1, le=4096, description="sequences per batch")
     seq_len: int | None = Field(None, ge=8, le=65536, description="tokens per sequence; null = the checkpoint's train.seq_len")
     seed: int = Field(0, ge=0, description="seed of the random window starts in the training tokens")
+    head_hessian: bool = Field(False, description="also collect H of a tied output head from the final norm's output (its input), so quantize runs GPTQ on the embedding instead of round-to-nearest (records: on)")

@@ -31,8 +31,23 @@ class QuantizeParams(Section):
     damp_frac: float = Field(0.01, ge=0.0, le=10.0, description="gptq: damping added to diag(H), as a fraction of its mean")
     act_order: bool = Field(True, description="gptq: quantize columns in decreasing diag(H)")
     min_numel: int = Field(4096, ge=0, description="tensors with fewer elements (and all non-2-D tensors) stay float (passthrough)")
-    lowrank_rank: int = Field(0, ge=0, le=1024, description="rank of a float16 low-rank correction U V^T of each quantized matrix's residual (pgolf/quant/lowrank.py); 0 = off")
+    lowrank_rank: int = Field(0, ge=0, le=1024, description="rank of a low-rank correction U V^T of the quantized matrices' residuals (LQER; pgolf/quant/lowrank.py); 0 = off (records: 4)")
+    lowrank_top: int = Field(0, ge=0, description="lowrank: correct only the N matrices with the largest residual norm ||W - W_hat||_F; 0 = every matrix (records: 3)")
+    lowrank_u_bits: int = Field(0, ge=0, le=8, description="lowrank: bits of the U factor's integer symbols (2..8, scale per run of lowrank_group); 0 = float16 values (records: 4, or 2 in the asymmetric form)")
+    lowrank_v_bits: int = Field(0, ge=0, le=8, description="lowrank: bits of the V factor's integer symbols (2..8); 0 = float16 values (records: 4)")
+    lowrank_group: int = Field(32, ge=1, le=65536, description="lowrank: integer factors share one float16 scale per run of this many entries of a component (records: 32-64)")
+    lowrank_metric: Literal["weight", "output"] = Field("weight", description="lowrank: the fit minimises ||E - U V^T||_F (weight, the records') or the Hessian-weighted output error (output; weight without a Hessian)")
+    salient_group: int = Field(0, ge=0, le=65536, description="AWQ-lite (#1908): columns per salient block kept at salient_bits inside the same solve; 0 = off (records: 64 at width 512)")
+    salient_top: int = Field(1, ge=1, le=1024, description="salient: blocks per matrix, the most salient by H_jj * mean W_ij^2 (records: 1)")
+    salient_bits: int = Field(8, ge=3, le=8, description="salient: precision of the salient blocks; tensors whose group has at least this many bits are left alone (records: 8)")
     passthrough_dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="storage dtype of passthrough tensors")
+
+    @field_validator("lowrank_u_bits", "lowrank_v_bits")
+    @classmethod
+    def _factor_bits(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("must be 0 (float16 factor) or 2..8 bits")
+        return value
 
     @field_validator("method", "scale")
     @classmethod

@@ -8,16 +8,17 @@ inputs, also for round-to-nearest so GPTQ's gain is visible).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from pgolf.config.quantize import QuantizeParams
 from pgolf.quant.gptq import relative_output_error, relative_reconstruction_error
 from pgolf.quant.groups import is_quantizable, tensor_group, unique_tensors
-from pgolf.quant.lowrank import fit_lowrank
+from pgolf.quant.lowrank_fit import fit_lowrank, top_by_residual
 from pgolf.quant.methods import QUANTIZERS, SCALE_RULES
 from pgolf.quant.rtn import dequantize, qmax_for_bits, rtn
+from pgolf.quant.salient_fit import choose_blocks, column_saliency, multipliers, split
 from pgolf.quant.scheme import STORAGE_DTYPES, QuantizedTensor
 
 log = logging.getLogger(__name__)
@@ -48,32 +49,72 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def quantize_matrix(w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, bits: int, k: float) -> tuple[torch.Tensor, torch.Tensor, str]:
+def quantize_matrix(w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, bits: int, k: float,
+                    mult: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(q int8, scale [rows, 1], method used). A quantizer that needs H falls back to RTN without one."""
     maxq = qmax_for_bits(bits)
     scale = SCALE_RULES[params.scale](w, params, k, maxq, h)
     method = params.method
     if QUANTIZERS[method].needs_hessian and h is None:
         method = "rtn"
-    return QUANTIZERS[method].quantize(w, h, scale, maxq, params), scale, method
+    return QUANTIZERS[method].quantize(w, h, scale, maxq, params, mult), scale, method
 
 
-def tensor_report(name: str, group: str, bits: int, method: str, w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, h: torch.Tensor | None, maxq: int) -> dict:
-    w_hat = dequantize(q, scale)
+def salient_blocks(w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, bits: int) -> tuple[torch.Tensor, int] | None:
+    """(first columns, shift) of the matrix's salient blocks, or None: off, no Hessian, a group
+    already at salient_bits, or fewer columns than one block."""
+    shift = params.salient_bits - bits
+    if not params.salient_group or h is None or shift <= 0:
+        return None
+    starts = choose_blocks(column_saliency(w, h), params.salient_group, params.salient_top)
+    return (starts, shift) if starts.numel() else None
+
+
+def quantize_tensor(name: str, group: str, w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, dtype: str) -> tuple[QuantizedTensor, str]:
+    """One matrix -> (its QuantizedTensor with salient blocks if on, the quantizer used)."""
+    spec = getattr(params, group)
+    blocks = salient_blocks(w, h, params, spec.bits)
+    mult = None if blocks is None else multipliers(w.shape[1], blocks[0], params.salient_group, blocks[1])
+    q, scale, method = quantize_matrix(w, h, params, spec.bits, spec.k, mult)
+    extras: dict[str, torch.Tensor] = {}
+    if blocks is not None:
+        q, extras = split(q, blocks[0], params.salient_group, blocks[1])
+    return QuantizedTensor(name, group, spec.bits, q, scale.squeeze(1).half(), dtype, extras), method
+
+
+def tensor_report(qt: QuantizedTensor, method: str, w: torch.Tensor, h: torch.Tensor | None) -> dict:
+    """Errors of the rebuilt weight (symbols and salient blocks), and of plain RTN at the same scale."""
+    w_hat = qt.dequantize().float()
+    scale = qt.scale.float().unsqueeze(1)
     row = {
-        "name": name,
-        "group": group,
-        "bits": bits,
+        "name": qt.name,
+        "group": qt.group,
+        "bits": qt.bits,
         "method": method,
         "shape": list(w.shape),
         "rel_recon_err": relative_reconstruction_error(w, w_hat),
         "rel_output_err": None,
         "rel_output_err_rtn": None,
     }
+    if "salient.start" in qt.extras:
+        row["salient_columns"] = [int(c) for c in qt.extras["salient.start"].tolist()]
     if h is not None:
         row["rel_output_err"] = relative_output_error(w, w_hat, h)
-        row["rel_output_err_rtn"] = relative_output_error(w, dequantize(rtn(w, scale, maxq), scale), h)
+        row["rel_output_err_rtn"] = relative_output_error(w, dequantize(rtn(w, scale, qmax_for_bits(qt.bits)), scale), h)
     return row
+
+
+def add_lowrank(quantized: dict[str, QuantizedTensor], weights: dict[str, torch.Tensor], hessians: dict[str, torch.Tensor | None],
+                params: QuantizeParams) -> dict[str, QuantizedTensor]:
+    """LQER: the `lowrank` extras on the lowrank_top matrices with the largest residual norm."""
+    residuals = {name: weights[name] - qt.dequantize().float() for name, qt in quantized.items()}
+    chosen = top_by_residual({name: float(r.norm()) for name, r in residuals.items()}, params.lowrank_top)
+    out = dict(quantized)
+    for name in chosen:
+        h = hessians[name] if params.lowrank_metric == "output" else None
+        extras = fit_lowrank(residuals[name], params.lowrank_rank, h, params.damp_frac, params.lowrank_u_bits, params.lowrank_v_bits, params.lowrank_group)
+        out[name] = replace(quantized[name], extras={**quantized[name].extras, **extras})
+    return out
 
 
 def quantize_state(
@@ -92,6 +133,8 @@ def quantize_state(
     quantized: dict[str, QuantizedTensor] = {}
     passthrough: dict[str, torch.Tensor] = {}
     dtypes: dict[str, str] = {}
+    weights: dict[str, torch.Tensor] = {}
+    matrix_hessians: dict[str, torch.Tensor | None] = {}
     report: list[dict] = []
     for name, tensor in unique.items():
         tensor = tensor.detach().cpu()
@@ -99,18 +142,20 @@ def quantize_state(
         if not is_quantizable(tensor, params.min_numel):
             passthrough[name] = tensor.to(STORAGE_DTYPES[params.passthrough_dtype]) if tensor.is_floating_point() else tensor
             continue
-        group = tensor_group(name)
-        spec = getattr(params, group)
         h = next((hessians[n] for n in names_of[name] if n in hessians), None)
         w = tensor.float()
-        q, scale, method = quantize_matrix(w, h, params, spec.bits, spec.k)
-        extras = fit_lowrank(w - dequantize(q, scale), params.lowrank_rank) if params.lowrank_rank else {}
-        quantized[name] = QuantizedTensor(name, group, spec.bits, q, scale.squeeze(1).half(), dtypes[name], extras)
-        row = tensor_report(name, group, spec.bits, method, w, q, scale, h, qmax_for_bits(spec.bits))
-        if extras:
-            row["rel_output_err_with_extras"] = None if h is None else relative_output_error(w, quantized[name].dequantize().float(), h)
+        quantized[name], method = quantize_tensor(name, tensor_group(name), w, h, params, dtypes[name])
+        weights[name], matrix_hessians[name] = w, h
+        row = tensor_report(quantized[name], method, w, h)
         report.append(row)
-        log.info("quantized: %s group: %s bits: %d method: %s rel_recon_err: %.3e rel_output_err: %s", name, group, spec.bits, method, row["rel_recon_err"], row["rel_output_err"])
+        log.info("quantized: %s group: %s bits: %d method: %s rel_recon_err: %.3e rel_output_err: %s", name, row["group"], row["bits"], method, row["rel_recon_err"], row["rel_output_err"])
+    if params.lowrank_rank:
+        quantized = add_lowrank(quantized, weights, matrix_hessians, params)
+        for row in report:
+            qt = quantized[row["name"]]
+            if "lowrank.u" in qt.extras:
+                h = matrix_hessians[row["name"]]
+                row["rel_output_err_with_extras"] = None if h is None else relative_output_error(weights[row["name"]], qt.dequantize().float(), h)
     return QuantizedModel(model_config, quantized, passthrough, dtypes, aliases, report)
 
 

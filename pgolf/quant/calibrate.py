@@ -75,11 +75,22 @@ def sample_batches(shards: list[np.ndarray], params: CalibrateParams) -> Iterato
         yield torch.from_numpy(np.stack(rows))
 
 
+def head_input(model: nn.Module) -> dict[str, nn.Module]:
+    """{name of the output head's weight: the module whose output it multiplies}, for a tied head
+    (the embedding matrix, which no nn.Linear hook sees); {} when the head is an nn.Linear."""
+    head = model.head_weight()
+    if any(isinstance(mod, nn.Linear) and mod.weight is head for mod in model.modules()):
+        return {}
+    name = next(name for name, param in model.named_parameters(remove_duplicate=False) if param is head)
+    return {name: model.final_norm}
+
+
 def calibrate_hessians(model: nn.Module, train_shards: list[str | Path], params: CalibrateParams) -> HessianSet:
-    """Hessians of every linear layer of `model` over training windows from `train_shards`."""
+    """Hessians of every linear layer of `model` (and, with head_hessian, of its tied output head)
+    over training windows from `train_shards`."""
     paths = check_train_shards(train_shards)
     shards = [read_shard(p) for p in paths]
-    return collect_hessians(model, sample_batches(shards, params))
+    return collect_hessians(model, sample_batches(shards, params), head_input(model) if params.head_hessian else None)
 
 
 def save_hessians(hs: HessianSet, out_dir: Path, shards: list[str]) -> None:

@@ -56,11 +56,14 @@ def gptq(
     block_size: int = 128,
     damp_frac: float = 0.01,
     act_order: bool = True,
+    mult: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Quantize ``w`` [rows, cols] against input second moments ``h`` [cols, cols].
 
     `scale` is the per-row scale [rows, 1]. Returns int8 [rows, cols] in the original column
     order, with ``|q| <= maxq``. With ``h`` a multiple of the identity this equals round-to-nearest.
+    With `mult` (int [cols]), column j is rounded in the same solve on a grid mult[j] times finer
+    (symbols in units of scale / mult[j], ``|q| <= maxq * mult[j]``): mixed precision, AWQ-lite.
     """
     rows, cols = w.shape
     if h.shape != (cols, cols):
@@ -74,6 +77,7 @@ def gptq(
     w = w[:, perm]
     h = h[perm][:, perm]
     h_inv = upper_cholesky_of_inverse(h, damp_frac)
+    mults = [1] * cols if mult is None else mult[perm].tolist()
     q = torch.zeros_like(w)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -82,9 +86,11 @@ def gptq(
         h_inv_blk = h_inv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = w_blk[:, i : i + 1]  # [rows, 1]
-            q_col = quantize(col, scale, maxq)
+            m = mults[i1 + i]
+            step = scale if m == 1 else scale / m
+            q_col = quantize(col, step, maxq * m)
             q[:, i1 + i : i1 + i + 1] = q_col
-            err = (col - q_col * scale) / h_inv_blk[i, i]
+            err = (col - q_col * step) / h_inv_blk[i, i]
             w_blk[:, i:] -= err @ h_inv_blk[i : i + 1, i:]
             err_blk[:, i : i + 1] = err
         w[:, i2:] -= err_blk @ h_inv[i1:i2, i2:]  # lazy batch update of the remaining columns

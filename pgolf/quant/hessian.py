@@ -9,7 +9,7 @@ that received the *same* inputs (q/k/v of one attention block) are stored as one
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +55,8 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
 
 
 def group_identical(accumulators: dict[str, HessianAccumulator]) -> dict[str, str]:
-    """Layer name -> group name: layers whose accumulated H (and row count) are bitwise equal share
-    one group, named after the first of them in `accumulators` order."""
+    """Weight name -> group name: weights whose accumulated H (and row count) are bitwise equal
+    share one group, named after the first of them in `accumulators` order."""
     group_of: dict[str, str] = {}
     representatives: list[str] = []
     for name, acc in accumulators.items():
@@ -72,34 +72,33 @@ def group_identical(accumulators: dict[str, HessianAccumulator]) -> dict[str, st
 
 
 @torch.no_grad()
-def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor]) -> HessianSet:
+def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor], outputs: Mapping[str, nn.Module] | None = None) -> HessianSet:
     """Run `batches` (LongTensor [B, T] each) through `model` and accumulate each layer's H.
 
     Every call of a layer adds its input, so a layer applied several times per forward (depth
     recurrence, shared blocks) accumulates all of them. ``x^T x`` is computed once per distinct
     input tensor of a forward pass and added to every layer that received that tensor; layers
     whose final H are identical (q/k/v of one attention block, gate/up of an MLP) are stored once,
-    as one group named after the first of them to run.
+    as one group named after the first of them to run. `outputs` maps a weight name to the module
+    whose *output* that weight multiplies (a tied output head: the final norm), for weights that
+    are not an nn.Linear's.
     """
     layers = linear_layers(model)
     accumulators: dict[str, HessianAccumulator] = {}
     products: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # id(x) -> (x, x^T x, rows), one forward
 
-    def hook_for(name: str):
-        def hook(_module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            hit = products.get(id(x))
-            if hit is None or hit[0] is not x:
-                rows = x.detach().reshape(-1, x.shape[-1]).float()
-                hit = (x, (rows.T @ rows).double(), rows.shape[0])  # keeps x alive: ids stay unique
-                products[id(x)] = hit
-            if name not in accumulators:
-                accumulators[name] = HessianAccumulator(x.shape[-1])
-            accumulators[name].add_product(hit[1], hit[2])
+    def add(weight: str, x: torch.Tensor) -> None:
+        hit = products.get(id(x))
+        if hit is None or hit[0] is not x:
+            rows = x.detach().reshape(-1, x.shape[-1]).float()
+            hit = (x, (rows.T @ rows).double(), rows.shape[0])  # keeps x alive: ids stay unique
+            products[id(x)] = hit
+        if weight not in accumulators:
+            accumulators[weight] = HessianAccumulator(x.shape[-1])
+        accumulators[weight].add_product(hit[1], hit[2])
 
-        return hook
-
-    handles = [mod.register_forward_pre_hook(hook_for(name)) for name, mod in layers.items()]
+    handles = [mod.register_forward_pre_hook(lambda _m, args, w=f"{name}.weight": add(w, args[0])) for name, mod in layers.items()]
+    handles += [mod.register_forward_hook(lambda _m, _args, out, w=weight: add(w, out)) for weight, mod in (outputs or {}).items()]
     was_training = model.training
     model.eval()
     tokens = 0
@@ -112,8 +111,7 @@ def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor]) -> Hessi
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    group_of = group_identical(accumulators)
-    weight_group = {f"{name}.weight": f"{group}.weight" for name, group in group_of.items()}
-    hessians = {f"{name}.weight": accumulators[name].h.float() for name in dict.fromkeys(group_of.values())}
+    weight_group = group_identical(accumulators)
+    hessians = {group: accumulators[group].h.float() for group in dict.fromkeys(weight_group.values())}
     log.info("hessians: %d layers, %d groups, tokens: %d", len(weight_group), len(hessians), tokens)
     return HessianSet(hessians=hessians, layers=weight_group, tokens=tokens)

@@ -14,19 +14,20 @@ from pgolf.quant.rtn import clip_search_scale, rtn, std_scale
 
 @dataclass(frozen=True)
 class Quantizer:
-    """`quantize(w, h, scale, maxq, params)` -> int8 symbols; `needs_hessian`: falls back to RTN without H."""
+    """`quantize(w, h, scale, maxq, params, mult)` -> int8 symbols (`mult`: None, or per-column grid
+    refinement, see `pgolf.quant.salient_fit`); `needs_hessian`: falls back to RTN without H."""
 
     quantize: Callable[..., Tensor]
     needs_hessian: bool
     description: str
 
 
-def _gptq(w: Tensor, h: Tensor, scale: Tensor, maxq: int, params) -> Tensor:
-    return gptq(w, h, scale, maxq, params.block_size, params.damp_frac, params.act_order)
+def _gptq(w: Tensor, h: Tensor, scale: Tensor, maxq: int, params, mult: Tensor | None = None) -> Tensor:
+    return gptq(w, h, scale, maxq, params.block_size, params.damp_frac, params.act_order, mult)
 
 
-def _rtn(w: Tensor, h: Tensor | None, scale: Tensor, maxq: int, params) -> Tensor:
-    return rtn(w, scale, maxq)
+def _rtn(w: Tensor, h: Tensor | None, scale: Tensor, maxq: int, params, mult: Tensor | None = None) -> Tensor:
+    return rtn(w, scale, maxq, mult)
 
 
 QUANTIZERS: dict[str, Quantizer] = {

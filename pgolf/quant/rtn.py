@@ -10,7 +10,7 @@ import torch
 
 MIN_BITS = 2
 MAX_BITS = 8
-FP16_TINY = 2.0**-14  # smallest positive normal float16: scales are stored as float16
+FP16_TINY = 2.0**-24  # smallest positive float16 (subnormal): scales are stored as float16, never 0
 
 
 def qmax_for_bits(bits: int) -> int:
@@ -36,8 +36,11 @@ def as_fp16_scale(scale: torch.Tensor) -> torch.Tensor:
 
 
 def std_scale(w: torch.Tensor, k: float, maxq: int) -> torch.Tensor:
-    """Per-row scale ``k * std(row) / qmax`` as a [rows, 1] column (float16-representable)."""
-    std = w.float().std(dim=1, correction=0, keepdim=True)
+    """Per-row scale ``k * std(row) / qmax`` as a [rows, 1] column (float16-representable).
+
+    The records' SDClip (parameter-golf PR #1394): std with Bessel's correction (torch's default,
+    as the records compute it), so a k here means what it means there."""
+    std = w.float().std(dim=1, correction=1, keepdim=True)
     return as_fp16_scale(k * std / maxq)
 
 
@@ -64,6 +67,17 @@ def clip_search_scale(
     return best_scale
 
 
-def rtn(w: torch.Tensor, scale: torch.Tensor, maxq: int) -> torch.Tensor:
-    """Round-to-nearest: the baseline every other method is compared with. int8 [rows, cols]."""
-    return quantize(w.float(), scale, maxq).to(torch.int8)
+def fine_grid(scale: torch.Tensor, maxq: int, mult: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(step [rows, cols], limit [cols]) of a grid `mult` [cols] times finer per column (same range)."""
+    return scale / mult.float(), (maxq * mult).float()
+
+
+def rtn(w: torch.Tensor, scale: torch.Tensor, maxq: int, mult: torch.Tensor | None = None) -> torch.Tensor:
+    """Round-to-nearest: the baseline every other method is compared with. int8 [rows, cols].
+
+    With `mult` (int [cols], see `pgolf.quant.salient_fit`), column j is rounded on a grid
+    mult[j] times finer: symbols in units of scale / mult[j], up to maxq * mult[j]."""
+    if mult is None:
+        return quantize(w.float(), scale, maxq).to(torch.int8)
+    step, limit = fine_grid(scale, maxq, mult)
+    return torch.clamp(torch.round(w.float() / step), -limit, limit).to(torch.int8)

@@ -4,9 +4,12 @@ packer writes and the artifact loader rebuilds. Dequantization is written once, 
     W_hat = symbols * scale[:, None]  +  sum over the extras' correction terms
 
 `symbols` are int8 with |q| <= 2**(bits-1) - 1, `scale` one float16 per row. `extras` are float
-tensors keyed ``"<term>.<part>"`` (e.g. ``"lowrank.u"``); `EXTRA_TERMS` maps each term to its module's
-parts and additive correction (load side); the same module fits it (quantize side). A new kind of
-extra is one module plus its params and one line here: the container stores extras generically.
+tensors keyed ``"<term>.<part>"`` (e.g. ``"lowrank.u"``); `EXTRA_TERMS` maps each term to its
+module's parts, their validation and its additive correction: the load side, kept small because
+it is artifact runtime code (counted in bytes_code); each term is fitted by `<term>_fit.py`
+(quantize side). Integer symbols inside an extra (low-bit factors, refinements) are stored as
+float16 holding exact integers, checked integral by their term. A new kind of extra is one
+module plus its fit, its params and one line here: the container stores extras generically.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from torch import Tensor
 
 from pgolf.errors import ArtifactError
-from pgolf.quant import lowrank
+from pgolf.quant import lowrank, salient
 
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 EXTRA_PART = re.compile(r"^([a-z][a-z0-9_]*)\.([a-z][a-z0-9_]*)$")
@@ -27,16 +30,24 @@ EXTRA_PART = re.compile(r"^([a-z][a-z0-9_]*)\.([a-z][a-z0-9_]*)$")
 
 @dataclass(frozen=True)
 class ExtraTerm:
-    """A kind of extra: `correction(parts, rows, cols)` -> the float32 [rows, cols] term it adds."""
+    """A kind of extra: its required and optional parts; `validate(parts, rows, cols)` raises
+    ValueError on parts that do not fit a [rows, cols] matrix; `correction(parts, scale, cols)`
+    -> the float32 [rows, cols] term it adds (`scale`: the float32 per-row scales)."""
 
     name: str
     parts: tuple[str, ...]
-    correction: Callable[[Mapping[str, Tensor], int, int], Tensor]
+    optional: tuple[str, ...]
+    validate: Callable[[Mapping[str, Tensor], int, int], None]
+    correction: Callable[[Mapping[str, Tensor], Tensor, int], Tensor]
 
 
-# The one registry of extras: name -> its parts and its correction (one line per kind of extra).
+# The one registry of extras: name -> its parts, validation and correction (one line per kind).
 EXTRA_TERMS: dict[str, ExtraTerm] = {
-    term.name: term for term in (ExtraTerm(lowrank.NAME, lowrank.PARTS, lowrank.correction),)
+    term.name: term
+    for term in (
+        ExtraTerm(lowrank.NAME, lowrank.PARTS, lowrank.OPTIONAL, lowrank.validate, lowrank.correction),
+        ExtraTerm(salient.NAME, salient.PARTS, (), salient.validate, salient.correction),
+    )
 }
 
 
@@ -71,18 +82,24 @@ class QuantizedTensor:
             raise ArtifactError(f"{where}: non-finite scales")
         for term, parts in extras_by_term(self.extras, where).items():
             spec = EXTRA_TERMS[term]
-            if set(parts) != set(spec.parts):
-                raise ArtifactError(f"{where}: extra {term} needs parts {', '.join(spec.parts)}, got {', '.join(sorted(parts))}")
+            if not set(spec.parts) <= set(parts) <= set(spec.parts + spec.optional):
+                allowed = ", ".join(spec.parts) + (f" (optional: {', '.join(spec.optional)})" if spec.optional else "")
+                raise ArtifactError(f"{where}: extra {term} needs parts {allowed}, got {', '.join(sorted(parts))}")
             for part, tensor in parts.items():
                 if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
                     raise ArtifactError(f"{where}: extra {term}.{part} must be finite floats")
+            try:
+                spec.validate(parts, *self.q.shape)
+            except ValueError as exc:
+                raise ArtifactError(f"{where}: extra {term}: {exc}") from None
 
     def dequantize(self) -> Tensor:
         """W_hat in the original dtype (see the module docstring)."""
-        w = self.q.float() * self.scale.float().unsqueeze(1)
+        scale = self.scale.float()
+        w = self.q.float() * scale.unsqueeze(1)
         rows, cols = self.q.shape
         for term, parts in extras_by_term(self.extras, f"tensor {self.name}").items():
-            correction = EXTRA_TERMS[term].correction(parts, rows, cols)
+            correction = EXTRA_TERMS[term].correction(parts, scale, cols)
             if tuple(correction.shape) != (rows, cols):
                 raise ArtifactError(f"tensor {self.name}: extra {term} gives shape {tuple(correction.shape)}, expected {(rows, cols)}")
             w = w + correction
