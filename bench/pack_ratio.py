@@ -157,8 +157,8 @@ def measure(qm: QuantizedModel, params: PackParams, lrzip: str | None) -> dict:
     if any(not torch.equal(loaded.tensors[k], v) for k, v in expected.items()):
         raise RuntimeError("the artifact does not round-trip")
     alone = {k: v for k, v in params.model_dump().items() if k in ("distribution", "layout", "ans_clusters", "compressor")}
-    role_params = params.model_copy(update={"distribution": "role", "reference_brotli": False})
-    per_role = pack_model(qm, role_params)  # one stream per role: its bytes are comparable row by row
+    # one stream per role: its bytes are comparable row by row
+    per_role = packed if params.distribution == "role" else pack_model(qm, params.model_copy(update={"distribution": "role", "reference_brotli": False}))
     rows = []
     lrzip_s = [0.0, 0.0]
     with tempfile.TemporaryDirectory() as tmp:

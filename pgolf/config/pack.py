@@ -16,6 +16,7 @@ class PackParams(Section):
     distribution: Literal["group", "role", "tensor"] = Field("group", description="the unit of a symbol stream (each with its own ans distributions): a tensor group, a role across layers (every layer's attn.c_q.weight: the records' per-group packing, PR #1586), or a tensor")
     layout: Literal["row", "column"] = Field("row", description="symbol streams store each matrix row-major, or transposed (column-major, as the records' per-group packing does): ans classes then model weight columns")
     ans_clusters: int = Field(1, ge=1, le=64, description="ans: at most this many distributions per stream, each run (stored row: a weight column when column-major) coded by one; K in 1, 2, 4, ... chosen by bytes, the classes stored (1 = one order-0 distribution per stream)")
+    row_refs: bool = Field(False, description="store a row of a quantized matrix (at most 7 bits) as its difference from its nearest row where that codes smaller: the near-duplicate rows of trained embeddings that the records' similarity sort exposes to lrzip (PR #1586); the references are stored; the differences need a class of their own, so use ans_clusters > 1")
     side_codec: str = Field("brotli", description="a name of pgolf.pack.codecs.CODECS: codec of the scales, extras and passthrough tensors (zstd | brotli | lzma | raw)")
     shuffle: bool = Field(True, description="byte-shuffle multi-byte tensors (scales, passthrough) before a general compressor")
     zstd_level: int = Field(22, ge=1, le=22, description="zstd compression level")

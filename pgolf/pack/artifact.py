@@ -25,7 +25,9 @@ name -> stored tensor name), ``streams`` and ``tensors``.
 none), ``column`` (symbol streams: each tensor stored transposed, column-major), ``length`` and
 ``crc32`` of the blob. ``tensors``: one entry per stored part with ``name``, ``role`` ("q": int8
 symbols, "scale": float16 per-row scales of the q tensor of the same name, "extra": a float part
-``"<term>.<part>"`` of that quantized tensor, "plain": a tensor stored as is), ``part`` (extras),
+``"<term>.<part>"`` of that quantized tensor, "refs": int32 [2, n] row references of that q
+tensor, `pgolf.pack.rowrefs`, whose symbols are then stored as root rows and child-row differences,
+two matrices in its stream, "plain": a tensor stored as is), ``part`` (extras),
 ``shape``, ``dtype``, ``out_dtype`` (dtype of the rebuilt weight), ``bits`` (q only) and
 ``stream``. A stream holds its tensors in table order: a symbol stream holds only q tensors (its
 coder decodes them all at once), a byte stream the concatenated little-endian bytes of the others.
@@ -71,6 +73,7 @@ MAX_NDIM = 8
 ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "int32": 4, "int64": 8, "float16": 2, "bfloat16": 2, "float32": 4, "bool": 1}
 FLOAT_DTYPES = ("float16", "bfloat16", "float32")
 SYMBOL_CODER_NAMES = ("ans", *CODECS)  # what may code a stream of q tensors
+MAX_REF_BITS = 7  # row references store differences of symbols in int8 (pgolf.pack.rowrefs)
 
 Dtype = Literal["int8", "uint8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "bool"]
 
@@ -93,7 +96,7 @@ class TensorEntry(_Strict):
     """One row of the tensor table: one stored part and the stream that holds it."""
 
     name: StrictStr = Field(min_length=1, max_length=512)
-    role: Literal["q", "scale", "extra", "plain"]
+    role: Literal["q", "scale", "extra", "refs", "plain"]
     part: StrictStr | None = Field(None, min_length=1, max_length=64)
     shape: list[StrictInt] = Field(max_length=MAX_NDIM)
     dtype: Dtype
@@ -203,6 +206,10 @@ def _check_table(header: Header, file_bytes: int | None) -> None:
                 raise ArtifactError(f"tensor {entry.name}: scale shape {entry.shape} does not match a q tensor's rows")
         if entry.role == "extra" and entry.name not in names_q:
             raise ArtifactError(f"tensor {entry.name}: extra {entry.part} without a q tensor")
+        if entry.role == "refs":
+            owner = names_q.get(entry.name)
+            if owner is None or owner.bits > MAX_REF_BITS or entry.shape[1] > owner.shape[0]:
+                raise ArtifactError(f"tensor {entry.name}: row references {entry.shape} need a q tensor of at most {MAX_REF_BITS} bits with that many rows")
     for name in names_q:
         if (name, "scale", None) not in seen:
             raise ArtifactError(f"tensor {name}: q tensor without a scale")
@@ -227,6 +234,8 @@ def _check_entry(entry: TensorEntry) -> None:
         raise ArtifactError(f"{where}: extras, and only extras, name a part")
     if entry.role == "extra" and entry.dtype not in FLOAT_DTYPES:
         raise ArtifactError(f"{where}: extras are float tensors, got {entry.dtype}")
+    if entry.role == "refs" and (entry.dtype != "int32" or len(entry.shape) != 2 or entry.shape[0] != 2):
+        raise ArtifactError(f"{where}: row references are int32 [2, n]")
 
 
 def _check_streams(header: Header) -> None:

@@ -16,6 +16,7 @@ import torch
 from pgolf.errors import ArtifactError, PgolfError
 from pgolf.pack.artifact import ParsedArtifact, StreamEntry, TensorEntry, parse_artifact, read_artifact_bytes
 from pgolf.pack.codecs import decompress, unshuffle_bytes
+from pgolf.pack.rowrefs import dereference
 from pgolf.pack.runs import decode_runs
 from pgolf.model import build_model
 from pgolf.quant.scheme import QuantizedTensor
@@ -35,9 +36,15 @@ class Artifact:
     metadata: dict
 
 
-def decode_symbol_stream(stream: StreamEntry, blob: bytes, entries: list[TensorEntry]) -> list[torch.Tensor]:
-    """The int8 symbols of a symbol stream's q tensors, in their weight orientation."""
-    shapes = [(e.shape[1], e.shape[0]) if stream.column else (e.shape[0], e.shape[1]) for e in entries]
+def decode_symbol_stream(stream: StreamEntry, blob: bytes, entries: list[TensorEntry], referenced: dict[str, int]) -> list[list[np.ndarray]]:
+    """Each q tensor's stored matrices in weight orientation: the symbols, or with `referenced`
+    row references (name -> child rows) its root rows and child-row differences."""
+    parts = []
+    for e in entries:
+        rows, cols = e.shape
+        children = referenced.get(e.name, 0)
+        parts.append([(rows - children, cols), (children, cols)] if children else [(rows, cols)])
+    shapes = [(c, r) if stream.column else (r, c) for p in parts for r, c in p]
     if stream.coder == "ans":
         mats = decode_runs(blob, shapes)
     else:
@@ -47,7 +54,12 @@ def decode_symbol_stream(stream: StreamEntry, blob: bytes, entries: list[TensorE
         for rows, cols in shapes:
             mats.append(flat[start : start + rows * cols].reshape(rows, cols).copy())
             start += rows * cols
-    return [torch.from_numpy(np.ascontiguousarray(m.T if stream.column else m)) for m in mats]
+    mats = [np.ascontiguousarray(m.T) if stream.column else m for m in mats]
+    out, at = [], 0
+    for p in parts:
+        out.append(mats[at : at + len(p)])
+        at += len(p)
+    return out
 
 
 def decode_byte_stream(stream: StreamEntry, blob: bytes, entries: list[TensorEntry]) -> list[torch.Tensor]:
@@ -65,13 +77,19 @@ PartKey = tuple[str, str, str | None]  # (name, role, part)
 
 
 def decode_tensors(parsed: ParsedArtifact) -> dict[PartKey, torch.Tensor]:
-    """Every stored part decoded exactly as stored, keyed by (name, role, part)."""
+    """Every stored part decoded (q tensors with row references rebuilt), keyed by (name, role, part)."""
+    referenced = {e.name: e.shape[1] for e in parsed.header.tensors if e.role == "refs"}
     out: dict[PartKey, torch.Tensor] = {}
+    stored: dict[str, list[np.ndarray]] = {}
     for index, (stream, blob) in enumerate(zip(parsed.header.streams, parsed.blobs)):
         entries = parsed.header.stream_tensors(index)
-        decoder = decode_symbol_stream if entries[0].role == "q" else decode_byte_stream
-        for entry, tensor in zip(entries, decoder(stream, blob, entries)):
-            out[(entry.name, entry.role, entry.part)] = tensor
+        if entries[0].role == "q":
+            stored.update((e.name, mats) for e, mats in zip(entries, decode_symbol_stream(stream, blob, entries, referenced)))
+        else:
+            out.update(((e.name, e.role, e.part), t) for e, t in zip(entries, decode_byte_stream(stream, blob, entries)))
+    for name, mats in stored.items():
+        q = dereference(mats[0], mats[1], out[(name, "refs", None)].numpy()) if len(mats) == 2 else mats[0]
+        out[(name, "q", None)] = torch.from_numpy(q)
     return out
 
 

@@ -5,7 +5,8 @@ role across layers such as every layer's ``attn.c_q.weight``, or a single tensor
 transposed first when `pack.layout` is column (the records' per-group layout, PR #1586). A
 stream is coded by the smallest of the coders `SYMBOL_CODERS[pack.compressor]` names: `ans`
 (`pgolf.pack.runs`: up to `pack.ans_clusters` distributions, one class per run) or a general
-codec of the stream's bytes. Scales, extras and passthrough tensors are packed together, one
+codec of the stream's bytes. With `pack.row_refs`, near-duplicate rows are stored as differences
+from a similar row (`pgolf.pack.rowrefs`). Scales, extras and passthrough tensors are packed together, one
 *byte stream* per dtype (byte-shuffled if `pack.shuffle`), coded by `pack.side_codec`. Every part
 of a `QuantizedTensor` is stored generically: a new kind of extra needs no change here.
 """
@@ -34,6 +35,8 @@ from pgolf.pack.cluster_fit import fit_classes
 from pgolf.pack.code_bytes import measure_code_bytes
 from pgolf.pack.codecs import SYMBOL_CODERS, compress, shuffle_bytes
 from pgolf.pack.entropy import order0_entropy_bits
+from pgolf.pack.reference_fit import fit_references
+from pgolf.pack.rowrefs import reference
 from pgolf.pack.runs import BLOB_HEAD, encode_runs
 from pgolf.quant.apply import QuantizedModel, dtype_name, summarize_report
 from pgolf.quant.store import load_quantized
@@ -83,9 +86,13 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def stored_matrices(qm: QuantizedModel, names: list[str], column: bool) -> list[np.ndarray]:
-    """The stream's int8 matrices in stored orientation (transposed when column-major)."""
-    mats = [qm.quantized[name].q.numpy() for name in names]
+def stored_matrices(qm: QuantizedModel, names: list[str], column: bool, refs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The stream's int8 matrices in stored orientation (transposed when column-major); a tensor
+    with row references contributes its root rows and its child-row differences."""
+    mats = []
+    for name in names:
+        q = qm.quantized[name].q.numpy()
+        mats.extend(reference(q, refs[name]) if name in refs else (q,))
     return [np.ascontiguousarray(m.T if column else m) for m in mats]
 
 
@@ -101,8 +108,8 @@ def symbol_candidates(mats: list[np.ndarray], params: PackParams) -> dict[str, b
     return out
 
 
-def side_parts(qm: QuantizedModel) -> list[tuple[dict, torch.Tensor]]:
-    """(table entry without stream, tensor) of every scale, extra and passthrough, in model order."""
+def side_parts(qm: QuantizedModel, refs: dict[str, np.ndarray]) -> list[tuple[dict, torch.Tensor]]:
+    """(table entry without stream, tensor) of every scale, extra, row references and passthrough, in model order."""
     parts = []
     for name in qm.dtypes:
         out_dtype = out_dtype_of(qm, name)
@@ -111,6 +118,8 @@ def side_parts(qm: QuantizedModel) -> list[tuple[dict, torch.Tensor]]:
             parts.append(({"name": name, "role": "scale", "shape": [int(qt.scale.numel())], "dtype": "float16", "out_dtype": out_dtype}, qt.scale.half()))
             for part, tensor in qt.extras.items():
                 parts.append(({"name": name, "role": "extra", "part": part, "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype), "out_dtype": out_dtype}, tensor))
+            if name in refs:
+                parts.append(({"name": name, "role": "refs", "shape": list(refs[name].shape), "dtype": "int32", "out_dtype": out_dtype}, torch.from_numpy(refs[name])))
         else:
             tensor = qm.passthrough[name]
             parts.append(({"name": name, "role": "plain", "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype), "out_dtype": out_dtype}, tensor))
@@ -127,9 +136,14 @@ def pack_model(qm: QuantizedModel, params: PackParams, meta: dict | None = None)
     for name, qt in qm.quantized.items():
         units.setdefault(STREAM_UNITS[params.distribution](name, qt.group), []).append(name)
     column = params.layout == "column"
+    refs = {}
+    for name, qt in qm.quantized.items():
+        found = fit_references(qt.q.numpy(), qt.bits) if params.row_refs else np.zeros((2, 0))
+        if found.shape[1]:
+            refs[name] = found
     streams, entries, blobs, accounts = [], [], [], []
     for names in units.values():
-        candidates = symbol_candidates(stored_matrices(qm, names, column), params)
+        candidates = symbol_candidates(stored_matrices(qm, names, column, refs), params)
         coder = min(candidates, key=lambda c: len(candidates[c]))  # the first on ties
         index = len(streams)
         streams.append({"coder": coder, "column": column} if column else {"coder": coder})
@@ -142,7 +156,7 @@ def pack_model(qm: QuantizedModel, params: PackParams, meta: dict | None = None)
             entries.append({"name": name, "role": "q", "shape": list(qt.q.shape), "dtype": "int8", "out_dtype": out_dtype_of(qm, name), "bits": qt.bits, "stream": index})
     side_bytes = 0
     by_dtype: dict[str, list[tuple[dict, torch.Tensor]]] = {}
-    for entry, tensor in side_parts(qm):
+    for entry, tensor in side_parts(qm, refs):
         by_dtype.setdefault(entry["dtype"], []).append((entry, tensor))
     side_share: dict[tuple[str, str], float] = {}
     for dtype, parts in by_dtype.items():

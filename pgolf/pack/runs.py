@@ -105,8 +105,8 @@ def decode_runs(blob: bytes, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
         mat = np.empty((rows, cols), dtype=np.int8)
         for k in range(clusters):
             mask = c == k
-            n = int(mask.sum()) * cols
-            mat[mask] = decoded[k][taken[k] : taken[k] + n].reshape(-1, cols)
-            taken[k] += n
+            held = int(mask.sum())
+            mat[mask] = decoded[k][taken[k] : taken[k] + held * cols].reshape(held, cols)
+            taken[k] += held * cols
         out.append(mat)
     return out
