@@ -6,6 +6,16 @@ tokenizer's normalization of its source text; no validation document may appear 
 shards (pgolf/overlap.py); for the official dataset, the validation document and token counts must
 equal those its manifest declares. Any failure raises AuditError naming the first offending
 document, and no metrics are written.
+
+With a text transform (caseops) the bytes of each token come from the validation byte sidecar, and
+per validation document: operator tokens count 0 bytes (an escaped operator its 3); with the source
+documents, the transform inverts exactly (`inverse(forward(source)) == source`), the decoded tokens
+equal the tokenizer's normalization of the transformed source, and the sidecar's total equals the
+source's UTF-8 length less the characters the normalizer drops at its two ends (leading and trailing
+whitespace: no token stands for them, as in the records' sidecar). Inverting the transform on the
+decoded tokens gives the normalized source wherever the normalizer leaves case alone; where NFKC
+itself spells ASCII capitals (``™`` -> ``TM``, fullwidth letters) it cannot, so those documents are
+counted (`transform_inverse_exact_docs`) rather than failed.
 """
 
 from __future__ import annotations
@@ -19,13 +29,14 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
+from pgolf.casetransform import TextTransform, TransformError, get_transform
 from pgolf.config.data import AuditParams
 from pgolf.data.docs import Fetched, iter_docs, read_fetched
 from pgolf.data.hub import DATASET_PREFIX, HUB_DIR, MANIFEST
 from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens, read_header, split_documents
 from pgolf.errors import AuditError, DataError, ShardError
 from pgolf.io import read_json, write_json_atomic
-from pgolf.bytetable import SPACE_PIECE, byte_table, load_processor, stream_bytes
+from pgolf.bytetable import SPACE_PIECE, byte_table, load_processor, load_sidecar, stream_bytes
 from pgolf.overlap import check_overlap
 from pgolf.progress import progress
 from pgolf.tokenizer import check_tokenizer, read_tokenizer
@@ -59,23 +70,34 @@ class AuditResult:
     overlap_checked: bool
     overlap_val_docs: int  # validation documents fingerprinted (0 when the check is off)
     overlap_train_docs: int  # training documents compared against them
+    text_transform: str = "none"  # the rest is reported only with a transform (bytes from the sidecar)
+    val_edge_bytes: int = 0  # source bytes no token stands for (whitespace dropped at document ends)
+    transform_inverse_exact_docs: int = 0  # documents whose decoded tokens invert to the normalized source
 
     def metrics(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        if self.text_transform == "none":
+            for key in ("text_transform", "val_edge_bytes", "transform_inverse_exact_docs"):
+                del values[key]
+        return values
 
 
 def _preview(text: str) -> str:
     return repr(text[:PREVIEW_CHARS])
 
 
-def _check_manifest(manifest: Any, shards_dir: Path, vocab_size: int, bos_id: int, sha256: str) -> dict[str, Any]:
+def _check_manifest(manifest: Any, shards_dir: Path, vocab_size: int, bos_id: int, sha256: str, transform: TextTransform) -> dict[str, Any]:
     where = shards_dir / SHARDS_MANIFEST
     if not isinstance(manifest, dict):
         raise AuditError(f"{where}: must hold a JSON object")
     expected = {"vocab_size": vocab_size, "bos_id": bos_id, "tokenizer_sha256": sha256}
+    if not transform.identity:
+        expected |= {"text_transform": transform.name, "val_byte_sidecar": True}
     for key, value in expected.items():
         if manifest.get(key) != value:
             raise AuditError(f"{where}: {key} is {manifest.get(key)!r}, the tokenizer has {value!r} (re-run export)")
+    if transform.identity and manifest.get("text_transform", "none") != "none":
+        raise AuditError(f"{where}: text_transform is {manifest['text_transform']!r}, the tokenizer has none (re-run export)")
     return manifest
 
 
@@ -123,16 +145,88 @@ def _check_bytes(sp: spm.SentencePieceProcessor, docs: list[np.ndarray], doc_byt
             )
 
 
+def _edge_bytes(sp: spm.SentencePieceProcessor, text: str) -> int:
+    """UTF-8 bytes of the characters at either end of `text` that the normalizer drops (whitespace)."""
+    start, stop = 0, len(text)
+    while start < stop and not sp.normalize(text[start]):
+        start += 1
+    while stop > start and not sp.normalize(text[stop - 1]):
+        stop -= 1
+    return len(text.encode("utf-8")) - len(text[start:stop].encode("utf-8"))
+
+
+def _check_operator_counts(sp: spm.SentencePieceProcessor, transform: TextTransform, tokens: np.ndarray, per_token: np.ndarray) -> None:
+    """Each operator token's sidecar count must be what the transform's byte costs give it: 0, or for an
+    operator escaped by the one before it, its UTF-8 length. Only runs of adjacent operators can hold
+    an escape (a lone one always counts 0), so only those are costed one by one."""
+    symbol_of = {sp.piece_to_id(symbol): symbol for symbol in transform.symbols}
+    positions = np.flatnonzero(np.isin(tokens, list(symbol_of)))
+    expected = np.zeros(positions.size, dtype=np.int64)
+    bounds = np.append(np.flatnonzero(np.diff(positions, prepend=-2) != 1), positions.size)
+    for run in np.flatnonzero(np.diff(bounds) > 1).tolist():
+        a, b = int(bounds[run]), int(bounds[run + 1])
+        symbols = [symbol_of[int(t)] for t in tokens[positions[a:b]]]
+        starts = np.cumsum([0] + [len(x.encode("utf-8")) for x in symbols[:-1]])
+        expected[a:b] = np.add.reduceat(transform.byte_costs("".join(symbols).encode("utf-8")), starts)
+    wrong = np.flatnonzero(per_token[positions] != expected)
+    if wrong.size:
+        at = int(positions[wrong[0]])
+        doc = int(np.count_nonzero(tokens[: at + 1] == sp.bos_id())) - 1
+        raise AuditError(
+            f"validation document {doc}: the byte sidecar counts {int(per_token[at])} bytes for operator token "
+            f"{sp.id_to_piece(int(tokens[at]))!r} at position {at}, not {int(expected[wrong[0]])}"
+        )
+
+
+def _check_transformed(
+    sp: spm.SentencePieceProcessor, transform: TextTransform, docs: list[np.ndarray], doc_bytes: np.ndarray, sources: Iterator[str]
+) -> tuple[int, int]:
+    """Per document against its source (see the module docstring); returns (edge bytes, inverse-exact docs)."""
+    edge_total = exact = 0
+    for index, text in enumerate(_decoded_docs(sp, docs)):
+        source = next(sources, None)
+        if source is None:
+            raise AuditError(f"the fetched documents end before validation document {index}")
+        transformed = transform.forward(source)
+        try:
+            lossless = transform.inverse(transformed) == source
+        except TransformError:
+            lossless = False
+        if not lossless:
+            raise AuditError(f"validation document {index} ({_preview(source)}): the {transform.name} transform does not invert to the source")
+        normalized = sp.normalize(transformed).replace(SPACE_PIECE, " ")
+        if normalized != text:
+            at = next((i for i, (a, b) in enumerate(zip(normalized, text)) if a != b), min(len(normalized), len(text)))
+            raise AuditError(
+                f"validation document {index} ({_preview(source)}): decoded tokens differ from the normalized "
+                f"{transform.name} source at character {at}: {text[at : at + 20]!r} vs {normalized[at : at + 20]!r}"
+            )
+        edge = _edge_bytes(sp, source)
+        expected = len(source.encode("utf-8")) - edge
+        if int(doc_bytes[index]) != expected:
+            raise AuditError(
+                f"validation document {index} ({_preview(source)}): the byte sidecar counts {int(doc_bytes[index])} bytes, "
+                f"the source has {expected} UTF-8 bytes (less {edge} dropped at its ends)"
+            )
+        edge_total += edge
+        try:
+            exact += transform.inverse(text) == sp.normalize(source).replace(SPACE_PIECE, " ")
+        except TransformError:
+            pass
+    return edge_total, exact
+
+
 def audit(fetched: Fetched, tokenizer_dir: str | Path, shards_dir: str | Path, params: AuditParams) -> AuditResult:
     """Check the validation shards against the tokenizer; AuditError (or DataError) on the first problem."""
     shards_dir = Path(shards_dir)
     info = read_tokenizer(tokenizer_dir)
+    transform = get_transform(info.text_transform)
     sp = load_processor(info.model_path)
     try:
-        check_tokenizer(sp, info.model_path)
+        check_tokenizer(sp, info.model_path, transform)
     except DataError as exc:
         raise AuditError(str(exc)) from None
-    manifest = _check_manifest(read_json(shards_dir / SHARDS_MANIFEST, "shards manifest"), shards_dir, sp.vocab_size(), sp.bos_id(), info.sha256)
+    manifest = _check_manifest(read_json(shards_dir / SHARDS_MANIFEST, "shards manifest"), shards_dir, sp.vocab_size(), sp.bos_id(), info.sha256, transform)
     val_paths = list_shards(shards_dir, "val")
     train_paths = list_shards(shards_dir, "train")
     if not val_paths:
@@ -153,11 +247,24 @@ def audit(fetched: Fetched, tokenizer_dir: str | Path, shards_dir: str | Path, p
         raise AuditError(f"{shards_dir / SHARDS_MANIFEST}: tokens_train is {manifest.get('tokens_train')!r}, the shards hold {train_tokens}")
 
     table = byte_table(sp)
-    per_token = stream_bytes(table, tokens)
+    if transform.identity:
+        per_token = stream_bytes(table, tokens)
+    else:
+        try:
+            per_token = load_sidecar(val_paths)
+        except DataError as exc:
+            raise AuditError(str(exc)) from None
+        if per_token[tokens == sp.bos_id()].any():
+            raise AuditError(f"{shards_dir}: the byte sidecar counts bytes for a BOS token")
+        _check_operator_counts(sp, transform, tokens, per_token)
     doc_bytes = np.add.reduceat(per_token, np.flatnonzero(tokens == sp.bos_id()))
     compare = params.compare_source_text and fetched.docs_path is not None
     sources = iter_docs(fetched.docs_path, 0, len(docs)) if compare else None
-    _check_bytes(sp, docs, doc_bytes, sources)
+    edge_bytes = exact_docs = 0
+    if transform.identity:
+        _check_bytes(sp, docs, doc_bytes, sources)
+    elif sources is not None:
+        edge_bytes, exact_docs = _check_transformed(sp, transform, docs, doc_bytes, sources)
 
     overlap = None
     if params.overlap:
@@ -190,6 +297,9 @@ def audit(fetched: Fetched, tokenizer_dir: str | Path, shards_dir: str | Path, p
         overlap_checked=overlap is not None,
         overlap_val_docs=overlap.val_docs_checked if overlap else 0,
         overlap_train_docs=overlap.train_docs_checked if overlap else 0,
+        text_transform=transform.name,
+        val_edge_bytes=edge_bytes,
+        transform_inverse_exact_docs=exact_docs,
     )
 
 

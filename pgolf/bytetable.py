@@ -4,6 +4,11 @@ Apart from tokenizer training (`pgolf.tokenizer`) so that the artifact runtime, 
 validation tokens, carries only this. Rules: boundary tokens (control / unknown / unused) count 0
 bytes, byte-fallback pieces 1 byte, other pieces their UTF-8 length without a leading ``▁``, plus
 1 for the ``▁`` unless the previous token is a boundary.
+
+Tokens of case-transformed text (`pgolf.casetransform`) no longer spell the original bytes; their
+counts come instead from the validation byte sidecar written by export (the records' format, PR
+#1729): beside each ``fineweb_val_NNNNNN.bin`` a ``fineweb_val_bytes_NNNNNN.bin`` in the same shard
+format, one uint16 per token: the original UTF-8 bytes that token stands for (BOS 0).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from pgolf.data.shards import read_header, read_shard
 from pgolf.errors import DataError
 
 SPACE_PIECE = "\u2581"
+SIDECAR_PREFIX = "fineweb_val_bytes_"
 
 
 def tokenizer_sha256(model_path: str | Path) -> str:
@@ -95,3 +102,27 @@ def stream_bytes(table: ByteTable, tokens: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     first = table.base_bytes[tokens[:1]].astype(np.int64)
     return np.concatenate([first, token_bytes(table, tokens[:-1], tokens[1:])])
+
+
+def sidecar_name(index: int) -> str:
+    """The byte sidecar of validation shard `index`: ``fineweb_val_bytes_{index:06d}.bin``."""
+    return f"{SIDECAR_PREFIX}{index:06d}.bin"
+
+
+def load_sidecar(val_paths: list[Path]) -> np.ndarray:
+    """The byte counts of every validation token (int64), read from the sidecar beside each shard.
+
+    Each sidecar file is checked like a shard (header, size) and must hold exactly as many counts as
+    its shard holds tokens; DataError (or ShardError) naming the file otherwise.
+    """
+    parts = []
+    for index, path in enumerate(val_paths):
+        side = Path(path).with_name(sidecar_name(index))
+        if not side.is_file():
+            raise DataError(f"{side}: validation byte sidecar not found beside {Path(path).name}")
+        counts = read_shard(side)
+        tokens = read_header(path)
+        if counts.size != tokens:
+            raise DataError(f"{side}: {counts.size} byte counts for the {tokens} tokens of {Path(path).name}")
+        parts.append(np.asarray(counts, dtype=np.int64))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pgolf.bytetable import byte_table, load_processor, tokenizer_sha256
+from pgolf.bytetable import byte_table, load_processor, load_sidecar, tokenizer_sha256
 from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens
 from pgolf.errors import ArtifactError, DataError
-from pgolf.eval.bpb import ValStream, stream_from_tokens
+from pgolf.eval.bpb import ValStream, stream_from_sidecar, stream_from_tokens
 from pgolf.eval.methods import METHODS, MethodOutcome
 from pgolf.io import read_json
 from pgolf.pack.load import load_artifact, model_from_artifact
@@ -26,18 +26,23 @@ ARTIFACT_FILE = "model.pgolf"  # the pack stage's file name inside data/pack
 
 
 def load_val_stream(shards_dir: str | Path, tokenizer_model: str | Path) -> ValStream:
-    """All validation shards as one stream, with each target's bytes from the tokenizer's byte table."""
+    """All validation shards as one stream. Each target's bytes come from the tokenizer's byte table,
+    or from the validation byte sidecar when the shards manifest says `val_byte_sidecar`."""
     shards_dir = Path(shards_dir)
     manifest = read_json(shards_dir / SHARDS_MANIFEST, "shards manifest")
-    table = byte_table(load_processor(tokenizer_model))
-    if manifest.get("vocab_size") != table.vocab_size:
-        raise DataError(f"{shards_dir / SHARDS_MANIFEST}: vocab_size {manifest.get('vocab_size')} != tokenizer {tokenizer_model} ({table.vocab_size})")
+    sp = load_processor(tokenizer_model)
+    if manifest.get("vocab_size") != sp.vocab_size():
+        raise DataError(f"{shards_dir / SHARDS_MANIFEST}: vocab_size {manifest.get('vocab_size')} != tokenizer {tokenizer_model} ({sp.vocab_size()})")
     paths = list_shards(shards_dir, "val")
     if not paths:
         raise DataError(f"{shards_dir}: no validation shards (fineweb_val_*.bin)")
-    stream = stream_from_tokens(load_tokens(paths), table, int(manifest["bos_id"]))
+    tokens, bos_id = load_tokens(paths), int(manifest["bos_id"])
+    if manifest.get("val_byte_sidecar"):
+        stream = stream_from_sidecar(tokens, load_sidecar(paths), bos_id)
+    else:
+        stream = stream_from_tokens(tokens, byte_table(sp), bos_id)
     log.info("val_tokens: %d", stream.num_tokens)
-    log.info("val_bytes: %d", int(stream.target_bytes.sum()))
+    log.info("val_bytes: %d (%s)", int(stream.target_bytes.sum()), "byte sidecar" if manifest.get("val_byte_sidecar") else "byte table")
     return stream
 
 

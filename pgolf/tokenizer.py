@@ -1,7 +1,10 @@
 """SentencePiece BPE with the challenge's settings (the byte table behind val_bpb is `pgolf.bytetable`).
 
 `train_tokenizer` trains on the documents it is given (the stage passes training documents only,
-never validation ones) and is deterministic: the same input gives a byte-identical model.
+never validation ones) and is deterministic: the same input gives a byte-identical model. With a
+text transform (`tokenizer.text_transform`, `pgolf.casetransform`) it trains on the transformed
+text, with the transform's operator symbols reserved as user-defined pieces as the records do, and
+tokenizer.json names the transform: export then applies it to every document.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sentencepiece as spm
 
 from pgolf.bytetable import SPACE_PIECE, load_processor
+from pgolf.casetransform import TextTransform, get_transform
 from pgolf.config.data import ExportParams, TokenizerParams
 from pgolf.data.docs import Fetched, iter_docs, read_fetched, sha256_file
 from pgolf.errors import DataError, PgolfError
@@ -54,7 +59,13 @@ def trainer_options(params: TokenizerParams) -> dict[str, Any]:
         "num_threads": params.num_threads,
         "max_sentence_length": MAX_SENTENCE_BYTES,
         "minloglevel": 1,
+        **_reserved_symbols(get_transform(params.text_transform)),
     }
+
+
+def _reserved_symbols(transform: TextTransform) -> dict[str, Any]:
+    """The transform's operators as user-defined pieces (always whole, never merged), as the records reserve them."""
+    return {"user_defined_symbols": list(transform.symbols)} if transform.symbols else {}
 
 
 def trainer_sentences(text: str, limit_bytes: int = MAX_SENTENCE_BYTES) -> Iterator[str]:
@@ -100,7 +111,8 @@ def train_tokenizer(docs: Iterable[str], params: TokenizerParams, out_dir: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     count = _TrainingCount()
     model = io.BytesIO()
-    sentences = (s for text in _capped(docs, params.max_train_bytes, count) for s in trainer_sentences(text))
+    transform = get_transform(params.text_transform).forward
+    sentences = (s for text in _capped(docs, params.max_train_bytes, count) for s in trainer_sentences(transform(text)))
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=sentences,
@@ -114,7 +126,7 @@ def train_tokenizer(docs: Iterable[str], params: TokenizerParams, out_dir: str |
     path = out_dir / MODEL_FILE
     path.write_bytes(model.getvalue())
     sp = load_processor(path)
-    check_tokenizer(sp, path)
+    check_tokenizer(sp, path, get_transform(params.text_transform))
     write_vocab(sp, out_dir / VOCAB_FILE)
     return path
 
@@ -135,14 +147,22 @@ def _trainer_error(message: str, params: TokenizerParams, count: _TrainingCount)
     return PgolfError(f"tokenizer: SentencePiece refused the settings (vocab_size={params.vocab_size}): {reason}")
 
 
-def check_tokenizer(sp: spm.SentencePieceProcessor, where: str | Path) -> None:
-    """The properties the shards and the byte accounting rely on; DataError naming the first broken one."""
+def check_tokenizer(sp: spm.SentencePieceProcessor, where: str | Path, transform: TextTransform | None = None) -> None:
+    """The properties the shards and the byte accounting rely on; DataError naming the first broken one.
+
+    With a transform, each of its operator symbols must be a piece of its own (a tokenizer trained
+    without them would spell operators in byte-fallback pieces, or merge them into words).
+    """
     if sp.vocab_size() > MAX_VOCAB:
         raise DataError(f"{where}: vocab size {sp.vocab_size()} does not fit uint16 token ids")
     if sp.bos_id() != BOS_ID:
         raise DataError(f"{where}: BOS id is {sp.bos_id()}, shards need {BOS_ID}")
     if sp.piece_to_id(SPACE_PIECE) == sp.unk_id():
         raise DataError(f"{where}: no standalone '{SPACE_PIECE}' piece: spaces would be byte-fallback (3 bytes each)")
+    for symbol in transform.symbols if transform else ():
+        piece = sp.piece_to_id(symbol)
+        if piece == sp.unk_id() or sp.encode(f"a{symbol}a")[1:2] != [piece]:
+            raise DataError(f"{where}: operator U+{ord(symbol):04X} of text transform {transform.name!r} is not a reserved piece: not a {transform.name} tokenizer")
 
 
 def write_vocab(sp: spm.SentencePieceProcessor, path: Path) -> None:
@@ -160,10 +180,11 @@ class TokenizerInfo:
     bos_id: int
     source: str
     sha256: str
+    text_transform: str = "none"  # applied to every document before encoding (pgolf.casetransform)
 
 
 def read_tokenizer(tokenizer_dir: str | Path) -> TokenizerInfo:
-    """Read tokenizer.json and check that the model beside it is the one it describes."""
+    """Read tokenizer.json and check that the model beside it is the one it describes (and its transform is known)."""
     tokenizer_dir = Path(tokenizer_dir)
     info = read_json(tokenizer_dir / INFO_FILE, "tokenizer description")
     model = tokenizer_dir / MODEL_FILE
@@ -174,7 +195,8 @@ def read_tokenizer(tokenizer_dir: str | Path) -> TokenizerInfo:
     digest = sha256_file(model)
     if digest != info["sha256"]:
         raise DataError(f"{model}: sha256 {digest[:12]}... differs from {INFO_FILE} ({str(info['sha256'])[:12]}...)")
-    return TokenizerInfo(model, int(info["vocab_size"]), int(info["bos_id"]), str(info["source"]), digest)
+    transform = get_transform(str(info.get("text_transform", "none"))).name
+    return TokenizerInfo(model, int(info["vocab_size"]), int(info["bos_id"]), str(info["source"]), digest, transform)
 
 
 def _training_docs(fetched: Fetched, val_docs: int) -> Iterator[str]:
@@ -207,10 +229,12 @@ def build_tokenizer(
                 "train_bytes": count.bytes,
             }
         sp = load_processor(tmp / MODEL_FILE)
+        transform = get_transform(params.text_transform)
         info = {
             "vocab_size": sp.vocab_size(),
             "bos_id": sp.bos_id(),
             **info,
+            **({} if transform.identity else {"text_transform": transform.name}),
             "sha256": sha256_file(tmp / MODEL_FILE),
         }
         write_json_atomic(tmp / INFO_FILE, info)
@@ -223,8 +247,14 @@ def _copy_official(fetched: Fetched, params: TokenizerParams, out_dir: Path) -> 
     source = fetched.tokenizer_model
     if source is None:
         raise DataError(f"{fetched.root}: tokenizer.reuse is 'official' but the fetch has no tokenizer model (fetch.source: hf)")
+    transform = get_transform(params.text_transform)
+    declared = fetched.manifest.get("text_transform")
+    if declared is not None and declared != transform.record_name:
+        raise DataError(f"{source.name}: the official set was made with text transform {declared!r}, not tokenizer.text_transform {params.text_transform!r} ({transform.record_name})")
+    if fetched.val_byte_sidecar and transform.identity:
+        raise DataError(f"{fetched.root}: the fetch holds a validation byte sidecar (a case-transformed set): set tokenizer.text_transform")
     sp = load_processor(source)
-    check_tokenizer(sp, source)
+    check_tokenizer(sp, source, transform)
     if sp.vocab_size() != params.vocab_size:
         raise DataError(f"tokenizer.vocab_size={params.vocab_size} but the official tokenizer {source.name} has {sp.vocab_size()}")
     shutil.copyfile(source, out_dir / MODEL_FILE)
@@ -235,3 +265,64 @@ def _copy_official(fetched: Fetched, params: TokenizerParams, out_dir: Path) -> 
         write_vocab(sp, out_dir / VOCAB_FILE)
     return {"source": "official", "official_model": source.name}
 
+
+
+def _varint(buf: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _piece_spans(proto: bytes) -> tuple[list[int], list[int], list[int]]:
+    """(ids, begins, ends) of the pieces of a serialized SentencePieceText (sentencepiece.proto:
+    field 2 = pieces, each with 2 = id, 4 = begin, 5 = end: byte offsets of its surface in the input)."""
+    ids: list[int] = []
+    begins: list[int] = []
+    ends: list[int] = []
+    at, size = 0, len(proto)
+    while at < size:
+        key, at = _varint(proto, at)
+        wire = key & 7
+        if wire == 5:  # SentencePieceText.score (fixed32)
+            at += 4
+            continue
+        if wire != 2:
+            raise DataError(f"unexpected field {key >> 3} (wire type {wire}) in a SentencePiece result")
+        length, at = _varint(proto, at)
+        stop = at + length
+        if key >> 3 != 2:  # the text itself
+            at = stop
+            continue
+        fields = [0] * 6
+        while at < stop:
+            key, at = _varint(proto, at)
+            if key & 7 == 2:
+                length, at = _varint(proto, at)
+                at += length
+            else:
+                value, at = _varint(proto, at)
+                if key >> 3 < len(fields):
+                    fields[key >> 3] = value
+        ids.append(fields[2])
+        begins.append(fields[4])
+        ends.append(fields[5])
+    return ids, begins, ends
+
+
+def encode_with_surfaces(sp: spm.SentencePieceProcessor, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per text: token ids and the UTF-8 byte span [begin, end) of each token's surface in the text.
+
+    Surfaces are SentencePiece's own alignment of pieces to the input (the records' `piece.surface`):
+    they tile the text except the whitespace the normalizer drops at either end; of a character spelled
+    in several byte-fallback pieces the last piece carries the whole character.
+    """
+    results = []
+    for proto in sp.encode(texts, out_type="serialized_proto"):
+        ids, begins, ends = _piece_spans(proto)
+        results.append((np.array(ids, dtype=np.int64), np.array(begins, dtype=np.int64), np.array(ends, dtype=np.int64)))
+    return results

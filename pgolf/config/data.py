@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pgolf.config.base import Section
+from pgolf.casetransform import TEXT_TRANSFORMS
+from pgolf.config.base import Section, known_name
 
 BuiltinSource = Literal["sotu", "shakespeare", "django_docs", "pydoc_topics"]
 
@@ -23,9 +24,10 @@ class FetchParams(Section):
     revision: str = Field("main", min_length=1, description="hf: branch, tag or commit of the dataset repo")
     endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+", description="hf: hub endpoint URL (http or https); null = the client's default")
     remote_root: str = Field("datasets", pattern=r"^([\w.-]+(/[\w.-]+)*)?$", description="hf: folder inside the repo holding manifest.json (relative, no '..'; empty = the repo root)")
-    variant: str = Field("sp1024", pattern=r"^(sp\d+|byte260)$", description="hf: tokenizer variant of the shards, e.g. sp1024")
+    variant: str = Field("sp1024", pattern=r"^(sp\d+(_[a-z0-9]+)*|byte260)$", description="hf: tokenizer variant of the shards (datasets/fineweb10B_<variant>), e.g. sp1024, sp8192, sp8192_lossless_caps_caseops_v1_reserved")
     train_shards: int = Field(1, ge=0, le=10_000, description="hf: how many training shards to download (the first N)")
     with_docs: bool = Field(False, description="hf: also download the raw documents (docs_selected.jsonl) for retokenizing")
+    val_byte_sidecar: bool = Field(False, description="hf: also download the validation byte sidecar (fineweb_val_bytes_*.bin) of a case-transformed variant")
 
     @field_validator("builtin")
     @classmethod
@@ -50,6 +52,12 @@ class TokenizerParams(Section):
     max_train_bytes: int = Field(50_000_000, ge=1_000, description="cap on UTF-8 bytes of training documents fed to the trainer (taken in stable order)")
     character_coverage: float = Field(0.999, gt=0.9, le=1.0, description="SentencePiece character_coverage (official: 0.999)")
     num_threads: int = Field(2, ge=1, le=256, description="trainer threads")
+    text_transform: str = Field("none", description="lossless transform applied to the text before training and export: none | caseops (the records' lossless_caps_caseops_v1; bpb then comes from the validation byte sidecar)")
+
+    @field_validator("text_transform")
+    @classmethod
+    def _known_transform(cls, value: str) -> str:
+        return known_name(value, TEXT_TRANSFORMS)
 
 
 class ExportParams(Section):

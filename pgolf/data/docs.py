@@ -34,6 +34,7 @@ class Fetched:
     shards_dir: Path | None
     tokenizer_model: Path | None
     manifest: dict[str, Any]
+    val_byte_sidecar: bool = False  # shards_dir also holds fineweb_val_bytes_* (a case-transformed official set)
 
 
 def _optional_path(root: Path, manifest: dict[str, Any], key: str) -> Path | None:
@@ -75,7 +76,15 @@ def read_fetched(root: str | Path) -> Fetched:
         shards_dir=_optional_path(root, manifest, "shards_dir"),
         tokenizer_model=_optional_path(root, manifest, "tokenizer_model"),
         manifest=manifest,
+        val_byte_sidecar=_optional_flag(root, manifest, "val_byte_sidecar"),
     )
+
+
+def _optional_flag(root: Path, manifest: dict[str, Any], key: str) -> bool:
+    value = manifest.get(key, False)
+    if not isinstance(value, bool):
+        raise DataError(f"{root / FETCH_MANIFEST}: '{key}' must be true or false, got {value!r}")
+    return value
 
 
 def iter_docs(path: str | Path, start: int = 0, stop: int | None = None) -> Iterator[str]:

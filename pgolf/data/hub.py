@@ -7,6 +7,12 @@ fineweb_{val,train}_NNNNNN.bin`; the tokenizer files named by the manifest (e.g.
 variant gives the number of validation shards, the number of training shards available and the
 tokenizer's name, whose `tokenizers` entry gives the tokenizer files.
 
+Case-transformed sets (the records' CaseOps export, e.g. repo `romeerp/parameter-golf-caseops-v1`,
+variant `sp8192_lossless_caps_caseops_v1_reserved`) also hold, beside each validation shard, its byte
+sidecar `fineweb_val_bytes_NNNNNN.bin` (`pgolf.bytetable`); `fetch.val_byte_sidecar` downloads them,
+checks each like a shard and requires one count per token of its validation shard. The tokenizer
+entry's `text_transform`, when the manifest gives one, is recorded in the fetch summary.
+
 Files go through the hub client's cache (under `fetch.cache_dir`, with its resume and progress
 bars), pinned to the commit the manifest came from, and are hard-linked (or copied) into
 `out_dir/hub/` with the remote layout below `remote_root`. Every shard's header and size is checked
@@ -25,6 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pgolf.bytetable import sidecar_name
 from pgolf.config.data import FetchParams
 from pgolf.data.shards import read_header, shard_name
 from pgolf.errors import DataError, ShardError
@@ -51,10 +58,12 @@ class HubPlan:
     tokenizer_files: tuple[str, ...]
     tokenizer_model: str | None
     docs_files: tuple[str, ...]
+    sidecar_files: tuple[str, ...] = ()  # the byte sidecar of each validation shard, in order
+    text_transform: str | None = None  # as the manifest's tokenizer entry names it (records: lossless_caps_caseops_v1)
 
     @property
     def files(self) -> tuple[str, ...]:
-        return self.docs_files + self.val_files + self.train_files + self.tokenizer_files
+        return self.docs_files + self.val_files + self.sidecar_files + self.train_files + self.tokenizer_files
 
 
 def _stat(stats: dict[str, Any], key: str, where: str) -> int:
@@ -114,6 +123,8 @@ def plan_downloads(manifest: Any, params: FetchParams, where: str) -> HubPlan:
         tokenizer_files=tokenizer_files,
         tokenizer_model=_relative_file(model, where) if model else None,
         docs_files=(DOCS_NAME, DOCS_SIDECAR) if params.with_docs else (),
+        sidecar_files=tuple(f"{shards_dir}/{sidecar_name(i)}" for i in range(files_val)) if params.val_byte_sidecar else (),
+        text_transform=str(tokenizer["text_transform"]) if tokenizer.get("text_transform") else None,
     )
 
 
@@ -202,13 +213,18 @@ def fetch_hub(params: FetchParams, out_dir: Path) -> dict[str, Any]:
         _link(cached[relative], hub / relative)
 
     tokens: dict[str, int] = {}
-    for relative in plan.val_files + plan.train_files:
+    for relative in plan.val_files + plan.sidecar_files + plan.train_files:
         try:
             tokens[PurePosixPath(relative).name] = read_header(hub / relative)
         except ShardError as exc:
             _evict(cached[relative])
             detail = str(exc).removeprefix(f"{hub / relative}: ")
             raise ShardError(f"{_remote(params, relative)}: {detail} (dropped from the download cache)") from None
+    for shard, sidecar in zip(plan.val_files, plan.sidecar_files):
+        counts, expected = tokens[PurePosixPath(sidecar).name], tokens[PurePosixPath(shard).name]
+        if counts != expected:
+            _evict(cached[sidecar])
+            raise ShardError(f"{_remote(params, sidecar)}: {counts} byte counts for the {expected} tokens of {PurePosixPath(shard).name} (dropped from the download cache)")
     tokens_val = sum(tokens[PurePosixPath(r).name] for r in plan.val_files)
     expected_val = plan.dataset["stats"].get("tokens_val")
     if isinstance(expected_val, int) and expected_val != tokens_val:
@@ -237,4 +253,6 @@ def fetch_hub(params: FetchParams, out_dir: Path) -> dict[str, Any]:
         "tokens_per_shard": tokens,
         "docs_sidecar": sidecar or None,
         "files": [{"path": r, "bytes": (hub / r).stat().st_size} for r in (MANIFEST, *plan.files)],
+        **({"val_byte_sidecar": True} if plan.sidecar_files else {}),
+        **({"text_transform": plan.text_transform} if plan.text_transform else {}),
     }

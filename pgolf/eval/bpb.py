@@ -2,7 +2,8 @@
 
 The validation stream is one sequence of documents (each BOS + tokens). Every token after the
 first is a target scored exactly once; the bytes of target t are those of token t given token
-t-1 (the tokenizer's byte table). Evaluators fill a per-position NLL array (NaN = not scored);
+t-1 (the tokenizer's byte table), or, for case-transformed text, the original bytes the validation
+byte sidecar gives token t. Evaluators fill a per-position NLL array (NaN = not scored);
 `summarize` turns it into an `EvalResult` and refuses gaps or unscorable positions.
 """
 
@@ -58,6 +59,18 @@ def stream_from_tokens(tokens: np.ndarray, table: object, bos_id: int) -> ValStr
     target_bytes = np.zeros(tokens.shape, dtype=np.int64)
     target_bytes[1:] = token_bytes(table, tokens[:-1], tokens[1:])
     return ValStream(tokens, target_bytes, bos_id)
+
+
+def stream_from_sidecar(tokens: np.ndarray, byte_counts: np.ndarray, bos_id: int) -> ValStream:
+    """A ValStream whose target bytes are the sidecar's counts (one per token, 0 at every BOS)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    byte_counts = np.asarray(byte_counts, dtype=np.int64)
+    if byte_counts.shape != tokens.shape:
+        raise DataError(f"byte sidecar holds {byte_counts.size} counts for {tokens.size} validation tokens")
+    at_bos = np.flatnonzero((tokens == bos_id) & (byte_counts != 0))
+    if at_bos.size:
+        raise DataError(f"byte sidecar counts {int(byte_counts[at_bos[0]])} bytes for the BOS at position {int(at_bos[0])} (must be 0)")
+    return ValStream(tokens, byte_counts, bos_id)
 
 
 @dataclass(frozen=True)
