@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import sentencepiece as spm
 from data_helpers import english_docs, make_fetch_dir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from pgolf.casetransform import OPERATORS, get_transform
 from pgolf.config.data import ExportParams, TokenizerParams
 from pgolf.errors import DataError, PgolfError
 from pgolf.bytetable import load_processor
 from pgolf.tokenizer import (
     INFO_FILE,
+    MAX_VOCAB,
     MODEL_FILE,
     VOCAB_FILE,
     build_tokenizer,
+    check_tokenizer,
+    encode_with_surfaces,
     read_tokenizer,
     train_tokenizer,
     trainer_options,
@@ -183,3 +190,89 @@ def test_tokenizer_long_documents_are_cut_for_the_trainer():
     assert " ".join(pieces) == text
     assert list(trainer_sentences("\x00  short text \n")) == ["short text"]
     assert list(trainer_sentences("é" * 700, limit_bytes=1000)) == ["é" * 500, "é" * 200]
+
+
+# --- text transform (caseops), larger vocabularies, piece surfaces -----------------------------
+
+
+def test_tokenizer_caseops_reserves_the_operators_and_default_reserves_nothing():
+    assert "user_defined_symbols" not in trainer_options(TokenizerParams())
+    assert trainer_options(TokenizerParams(text_transform="caseops"))["user_defined_symbols"] == list(OPERATORS)
+
+
+def test_tokenizer_caseops_trains_on_the_transformed_text(tmp_path):
+    docs = english_docs()
+    fetched = make_fetch_dir(tmp_path / "fetch", docs)
+    info = build_tokenizer(fetched, TokenizerParams(vocab_size=1024, text_transform="caseops"), ExportParams(val_docs=10), tmp_path / "tok")
+    assert info["text_transform"] == "caseops" and read_tokenizer(tmp_path / "tok").text_transform == "caseops"
+    sp = load_processor(tmp_path / "tok" / MODEL_FILE)
+    assert [sp.id_to_piece(i) for i in range(4, 8)] == list(OPERATORS)  # right after pad/bos/eos/unk, as the record's model
+    pieces = [p for p in _pieces(sp) if not sp.is_byte(sp.piece_to_id(p))]
+    assert not any(any("A" <= ch <= "Z" for ch in p) for p in pieces), "a piece spells an ASCII capital"
+    assert sum(d.count("The") for d in docs) > 100  # the text did have capitals to learn
+    plain = build_tokenizer(fetched, TokenizerParams(vocab_size=1024), ExportParams(val_docs=10), tmp_path / "plain")
+    assert "text_transform" not in plain and read_tokenizer(tmp_path / "plain").text_transform == "none"
+    assert any(any("A" <= ch <= "Z" for ch in p) for p in _pieces(load_processor(tmp_path / "plain" / MODEL_FILE)))
+
+
+@pytest.mark.parametrize("vocab_size", [4096, 8192])
+def test_tokenizer_larger_vocabularies_train_and_fit_uint16(tmp_path, vocab_size):
+    path = train_tokenizer(english_docs(), TokenizerParams(vocab_size=vocab_size, text_transform="caseops"), tmp_path)
+    sp = load_processor(path)
+    assert sp.vocab_size() == vocab_size <= MAX_VOCAB == 1 << 16
+    ids = sp.encode(english_docs()[0])
+    assert max(ids) < vocab_size and np.array(ids, dtype=np.uint16).tolist() == ids
+
+
+def test_tokenizer_check_refuses_a_plain_model_for_caseops(tmp_path):
+    sp = load_processor(train_tokenizer(english_docs(), TokenizerParams(vocab_size=400), tmp_path))
+    check_tokenizer(sp, "plain.model")
+    with pytest.raises(DataError, match=r"^plain.model: operator U\+E001 of text transform 'caseops' is not a reserved piece"):
+        check_tokenizer(sp, "plain.model", get_transform("caseops"))
+
+
+def test_tokenizer_reuse_official_checks_the_declared_transform(tmp_path):
+    official = tmp_path / "fetch" / "tokenizers"
+    official.mkdir(parents=True)
+    train_tokenizer(english_docs(), TokenizerParams(vocab_size=400, text_transform="caseops"), official)
+    common = dict(source="hf", tokenizer_model="tokenizers/tokenizer.model")
+    caseops = TokenizerParams(reuse="official", vocab_size=400, text_transform="caseops")
+    fetched = make_fetch_dir(tmp_path / "fetch", english_docs()[:3], **common, text_transform="lossless_caps_caseops_v1", val_byte_sidecar=True)
+    info = build_tokenizer(fetched, caseops, ExportParams(val_docs=1), tmp_path / "tok")
+    assert info["source"] == "official" and info["text_transform"] == "caseops"
+    with pytest.raises(DataError, match=r"made with text transform 'lossless_caps_caseops_v1', not tokenizer.text_transform 'none'"):
+        build_tokenizer(fetched, TokenizerParams(reuse="official", vocab_size=400), ExportParams(val_docs=1), tmp_path / "t2")
+    sidecar_only = make_fetch_dir(tmp_path / "fetch", english_docs()[:3], **common, val_byte_sidecar=True)
+    with pytest.raises(DataError, match="holds a validation byte sidecar .*: set tokenizer.text_transform"):
+        build_tokenizer(sidecar_only, TokenizerParams(reuse="official", vocab_size=400), ExportParams(val_docs=1), tmp_path / "t3")
+    train_tokenizer(english_docs(), TokenizerParams(vocab_size=400), official)  # a plain model in its place
+    undeclared = make_fetch_dir(tmp_path / "fetch", english_docs()[:3], **common)
+    with pytest.raises(DataError, match="is not a reserved piece"):
+        build_tokenizer(undeclared, caseops, ExportParams(val_docs=1), tmp_path / "t4")
+
+
+@pytest.fixture(scope="module")
+def caseops_processor(tmp_path_factory):
+    return load_processor(train_tokenizer(english_docs(), TokenizerParams(vocab_size=600, text_transform="caseops"), tmp_path_factory.mktemp("sp")))
+
+
+SURFACE_TEXT = st.text(alphabet=st.sampled_from(list("aB é½ﬁ \n\t\u3000\x00日😀Z.") + list(OPERATORS)), max_size=30) | st.text(max_size=30)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(SURFACE_TEXT, min_size=1, max_size=4))
+def test_encode_with_surfaces_tiles_the_text(caseops_processor, texts):
+    sp = caseops_processor
+    for text, (ids, begins, ends) in zip(texts, encode_with_surfaces(sp, texts)):
+        data = text.encode("utf-8")
+        assert ids.tolist() == sp.encode(text)
+        assert begins.shape == ends.shape == ids.shape
+        if not ids.size:
+            assert sp.normalize(text) == ""
+            continue
+        assert begins[1:].tolist() == ends[:-1].tolist() and (ends >= begins).all()
+        dropped = data[: begins[0]].decode("utf-8") + data[ends[-1] :].decode("utf-8")
+        assert all(sp.normalize(ch) == "" for ch in dropped), "only whitespace the normalizer drops is left uncovered"
+        mapping = getattr(sp, "encode_as_offset_mapping", None)
+        if mapping is not None:  # sentencepiece >= 0.2.1: its own offsets agree
+            assert mapping(text, return_bytes=True)["offsets"] == list(zip(begins.tolist(), ends.tolist()))
