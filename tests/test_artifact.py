@@ -42,6 +42,19 @@ def tiny_quantized(seed: int = 0) -> QuantizedModel:
 
 
 QM = tiny_quantized()
+
+
+def with_near_duplicate_rows(qm: QuantizedModel) -> QuantizedModel:
+    """`qm` with half the rows of its 6-bit matrix close to its first row (row references pay)."""
+    name = "blocks.0.attn.c_q.weight"
+    qt = qm.quantized[name]
+    q = qt.q.clone()
+    noise = torch.randint(-1, 2, (8, q.shape[1]), generator=torch.Generator().manual_seed(1)).to(torch.int8)
+    q[8:] = torch.clamp(q[0] + noise, -31, 31)
+    return QuantizedModel(qm.model_config, {**qm.quantized, name: QuantizedTensor(name, qt.group, qt.bits, q, qt.scale, qt.dtype)}, qm.passthrough, qm.dtypes, qm.aliases, [])
+
+
+QM_REFS = with_near_duplicate_rows(QM)
 VARIANTS = {
     (coder, side): pack_model(QM, PackParams(compressor=coder, side_codec=side, distribution=dist, layout=layout, ans_clusters=clusters), {"note": "test"}).data
     for coder, side, dist, layout, clusters in [
@@ -49,6 +62,8 @@ VARIANTS = {
         ("lzma", "zstd", "group", "row", 1), ("raw", "raw", "group", "row", 1), ("brotli", "brotli", "role", "row", 1),
     ]
 }
+VARIANTS[("refs", "brotli")] = pack_model(QM_REFS, PackParams(compressor="ans", row_refs=True, ans_clusters=4, layout="column"), {"note": "test"}).data
+EXPECTED = {variant: (QM_REFS if variant[0] == "refs" else QM).state_dict() for variant in VARIANTS}
 GOOD = VARIANTS[("ans", "brotli")]
 
 
@@ -87,13 +102,18 @@ def reject(data: bytes, match: str) -> None:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_round_trip_bit_for_bit(variant):
     art = load(VARIANTS[variant])
-    expected = QM.state_dict()
+    expected = EXPECTED[variant]
     assert set(art.tensors) == set(expected)
     for name, tensor in expected.items():
         assert art.tensors[name].dtype == tensor.dtype
         assert torch.equal(art.tensors[name], tensor), name
     assert art.model_config == QM.model_config
     assert art.tensors["lm_head.weight"] is art.tensors["wte.weight"]
+
+
+def test_the_reference_variant_stores_row_references():
+    header, _ = split(VARIANTS[("refs", "brotli")])
+    assert [e["name"] for e in header["tensors"] if e["role"] == "refs"] == ["blocks.0.attn.c_q.weight"]
 
 
 def test_writing_is_deterministic():
