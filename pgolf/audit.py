@@ -39,7 +39,7 @@ from pgolf.io import read_json, write_json_atomic
 from pgolf.bytetable import SPACE_PIECE, byte_table, load_processor, load_sidecar, stream_bytes
 from pgolf.overlap import check_overlap
 from pgolf.progress import progress
-from pgolf.tokenizer import check_tokenizer, read_tokenizer
+from pgolf.tokenizer import check_tokenizer, dropped_edge_bytes, read_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +145,6 @@ def _check_bytes(sp: spm.SentencePieceProcessor, docs: list[np.ndarray], doc_byt
             )
 
 
-def _edge_bytes(sp: spm.SentencePieceProcessor, text: str) -> int:
-    """UTF-8 bytes of the characters at either end of `text` that the normalizer drops (whitespace)."""
-    start, stop = 0, len(text)
-    while start < stop and not sp.normalize(text[start]):
-        start += 1
-    while stop > start and not sp.normalize(text[stop - 1]):
-        stop -= 1
-    return len(text.encode("utf-8")) - len(text[start:stop].encode("utf-8"))
-
-
 def _check_operator_counts(sp: spm.SentencePieceProcessor, transform: TextTransform, tokens: np.ndarray, per_token: np.ndarray) -> None:
     """Each operator token's sidecar count must be what the transform's byte costs give it: 0, or for an
     operator escaped by the one before it, its UTF-8 length. Only runs of adjacent operators can hold
@@ -201,7 +191,7 @@ def _check_transformed(
                 f"validation document {index} ({_preview(source)}): decoded tokens differ from the normalized "
                 f"{transform.name} source at character {at}: {text[at : at + 20]!r} vs {normalized[at : at + 20]!r}"
             )
-        edge = _edge_bytes(sp, source)
+        edge = dropped_edge_bytes(sp, source)
         expected = len(source.encode("utf-8")) - edge
         if int(doc_bytes[index]) != expected:
             raise AuditError(

@@ -326,3 +326,25 @@ def encode_with_surfaces(sp: spm.SentencePieceProcessor, texts: list[str]) -> li
         ids, begins, ends = _piece_spans(proto)
         results.append((np.array(ids, dtype=np.int64), np.array(begins, dtype=np.int64), np.array(ends, dtype=np.int64)))
     return results
+
+
+def _kind(sp: spm.SentencePieceProcessor, ch: str) -> str:
+    """How the normalizer treats one character: "kept", "space" (whitespace) or "deleted"."""
+    if sp.normalize(ch):
+        return "kept"
+    return "space" if sp.normalize(f"a{ch}b") != "ab" else "deleted"
+
+
+def dropped_edge_bytes(sp: spm.SentencePieceProcessor, text: str) -> int:
+    """UTF-8 bytes of `text` that no piece's surface covers: the normalizer drops whitespace and deleted
+    characters before the first kept character, and whitespace (with anything after it) after the last;
+    deleted characters right after the last kept one stay in its surface."""
+    start, last = 0, len(text) - 1
+    while start <= last and _kind(sp, text[start]) != "kept":
+        start += 1
+    while last > start and _kind(sp, text[last]) != "kept":
+        last -= 1
+    stop = last + 1 if start <= last else start
+    while start < stop < len(text) and _kind(sp, text[stop]) == "deleted":
+        stop += 1
+    return len(text.encode("utf-8")) - len(text[start:stop].encode("utf-8"))

@@ -22,6 +22,7 @@ from pgolf.tokenizer import (
     VOCAB_FILE,
     build_tokenizer,
     check_tokenizer,
+    dropped_edge_bytes,
     encode_with_surfaces,
     read_tokenizer,
     train_tokenizer,
@@ -256,7 +257,7 @@ def caseops_processor(tmp_path_factory):
     return load_processor(train_tokenizer(english_docs(), TokenizerParams(vocab_size=600, text_transform="caseops"), tmp_path_factory.mktemp("sp")))
 
 
-SURFACE_TEXT = st.text(alphabet=st.sampled_from(list("aB é½ﬁ \n\t\u3000\x00日😀Z.") + list(OPERATORS)), max_size=30) | st.text(max_size=30)
+SURFACE_TEXT = st.text(alphabet=st.sampled_from(list("aB é½ﬁ \n\t\u3000\x00\x1f\u200b日😀Z.") + list(OPERATORS)), max_size=30) | st.text(max_size=30)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -268,11 +269,12 @@ def test_encode_with_surfaces_tiles_the_text(caseops_processor, texts):
         assert ids.tolist() == sp.encode(text)
         assert begins.shape == ends.shape == ids.shape
         if not ids.size:
-            assert sp.normalize(text) == ""
+            assert sp.normalize(text) == "" and dropped_edge_bytes(sp, text) == len(data)
             continue
         assert begins[1:].tolist() == ends[:-1].tolist() and (ends >= begins).all()
+        assert dropped_edge_bytes(sp, text) == len(data) - int(ends[-1] - begins[0])
         dropped = data[: begins[0]].decode("utf-8") + data[ends[-1] :].decode("utf-8")
-        assert all(sp.normalize(ch) == "" for ch in dropped), "only whitespace the normalizer drops is left uncovered"
+        assert all(sp.normalize(ch) == "" for ch in dropped), "only characters the normalizer drops are left uncovered"
         mapping = getattr(sp, "encode_as_offset_mapping", None)
         if mapping is not None:  # sentencepiece >= 0.2.1: its own offsets agree
             assert mapping(text, return_bytes=True)["offsets"] == list(zip(begins.tolist(), ends.tolist()))
