@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -12,15 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
+import yaml
 from data_helpers import english_docs, make_fetch_dir
 
 from pgolf.audit import audit, run_audit
+from pgolf.bytetable import load_sidecar, sidecar_name
+from pgolf.casetransform import ESC, TITLE
 from pgolf.config.data import AuditParams, ExportParams, TokenizerParams
 from pgolf.data.docs import read_fetched, sha256_file
 from pgolf.data.export import export_shards
 from pgolf.data.shards import SHARDS_MANIFEST, list_shards, read_shard, shard_name, write_shard
 from pgolf.errors import AuditError
-from pgolf.tokenizer import INFO_FILE, MODEL_FILE, build_tokenizer
+from pgolf.tokenizer import INFO_FILE, MODEL_FILE, build_tokenizer, dropped_edge_bytes
 
 VAL_DOCS = 15
 REPO = Path(__file__).resolve().parents[1]
@@ -207,3 +211,133 @@ def test_audit_checks_the_official_manifest_counts(tmp_path):
     with pytest.raises(AuditError, match="declares tokens_val = 62021846"):
         _check_official_counts(fetched, 50000, 1)
     _check_official_counts(Fetched(tmp_path, "builtin", None, None, None, None, None, {}), 1, 1)  # only for the official data
+
+
+# --- case-transformed shards: bytes from the sidecar, checked against the source ---------------
+
+CASE_DOCS = ["  The NASA Launch ™Word  \n", f"Literal {TITLE}{ESC} operators; ÉCOLE, iPhone \x1f", "Ⅻ ＡBC ﬁne"]
+
+
+@pytest.fixture(scope="module")
+def built_caseops(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit-caseops")
+    docs = CASE_DOCS + EXTRA_DOCS + english_docs()[:80]
+    fetched = make_fetch_dir(root / "fetch", docs)
+    build_tokenizer(fetched, TokenizerParams(vocab_size=512, text_transform="caseops"), ExportParams(val_docs=VAL_DOCS), root / "tok")
+    export_shards(read_fetched(fetched), root / "tok", ExportParams(val_docs=VAL_DOCS, shard_tokens=2048, workers=1), root / "shards")
+    return root, docs
+
+
+@pytest.fixture
+def caseops_copy(built_caseops, tmp_path):
+    for name in ("fetch", "tok", "shards"):
+        shutil.copytree(built_caseops[0] / name, tmp_path / name)
+    return tmp_path
+
+
+def _sidecar(root: Path, change) -> None:
+    """Rewrite the byte sidecar of the first validation shard."""
+    path = root / "shards" / sidecar_name(0)
+    counts = np.array(read_shard(path))
+    change(counts, np.array(read_shard(root / "shards" / shard_name("val", 0))))
+    write_shard(path, counts)
+
+
+def test_audit_caseops_counts_the_original_bytes(built_caseops, tmp_path):
+    root, docs = built_caseops
+    result = run_audit(root / "fetch", root / "tok", root / "shards", AuditParams(), tmp_path / "audit.json")
+    metrics = json.loads((tmp_path / "audit.json").read_text())
+    sp = spm.SentencePieceProcessor(model_file=str(root / "tok" / MODEL_FILE))
+    edges = sum(dropped_edge_bytes(sp, d) for d in docs[:VAL_DOCS])
+    assert metrics["text_transform"] == "caseops" and metrics["source_text_checked"] is True
+    assert metrics["val_bytes"] == sum(len(d.encode("utf-8")) for d in docs[:VAL_DOCS]) - edges
+    assert metrics["val_edge_bytes"] == edges > 0
+    assert metrics["val_bytes"] == int(load_sidecar(list_shards(root / "shards", "val")).sum())
+    assert metrics["transform_inverse_exact_docs"] == VAL_DOCS - 2  # NFKC spells ™ and Ⅻ/Ａ in ASCII capitals
+    assert result.metrics() == metrics
+
+
+def test_audit_without_transform_reports_as_before(built):
+    metrics = _audit(built).metrics()
+    assert not {"text_transform", "val_edge_bytes", "transform_inverse_exact_docs"} & metrics.keys()
+
+
+def test_audit_caseops_sidecar_byte_mismatch_names_the_document(caseops_copy):
+    def bump(counts, tokens):
+        starts = np.flatnonzero(tokens == 1)
+        counts[starts[3] + 2] += 1
+
+    _sidecar(caseops_copy, bump)
+    with pytest.raises(AuditError, match=r"^validation document 3 \(.*\): the byte sidecar counts \d+ bytes, the source has \d+ UTF-8 bytes"):
+        _audit(caseops_copy)
+
+
+def test_audit_caseops_operator_tokens_count_zero(caseops_copy):
+    title = spm.SentencePieceProcessor(model_file=str(caseops_copy / "tok" / MODEL_FILE)).piece_to_id(TITLE)
+
+    def charge_an_operator(counts, tokens):
+        counts[np.flatnonzero(tokens == title)[0]] = 3
+
+    _sidecar(caseops_copy, charge_an_operator)
+    with pytest.raises(AuditError, match=r"^validation document 0: the byte sidecar counts 3 bytes for operator token '\\ue001' at position \d+, not 0$"):
+        _audit(caseops_copy)
+
+
+def test_audit_caseops_sidecar_must_be_whole(caseops_copy):
+    _sidecar(caseops_copy, lambda counts, tokens: counts.__setitem__(0, 5))
+    with pytest.raises(AuditError, match="counts bytes for a BOS token"):
+        _audit(caseops_copy)
+    path = caseops_copy / "shards" / sidecar_name(0)
+    write_shard(path, np.array(read_shard(path))[:-1])
+    with pytest.raises(AuditError, match=r"fineweb_val_bytes_000000.bin: \d+ byte counts for the \d+ tokens of fineweb_val_000000.bin"):
+        _audit(caseops_copy)
+    path.unlink()
+    with pytest.raises(AuditError, match="fineweb_val_bytes_000000.bin: validation byte sidecar not found"):
+        _audit(caseops_copy)
+
+
+def test_audit_caseops_manifest_and_source(caseops_copy):
+    docs = [json.loads(line)["text"] for line in (caseops_copy / "fetch" / "docs.jsonl").read_text().splitlines()]
+    docs[4] = docs[4].replace("e", "E", 1)
+    make_fetch_dir(caseops_copy / "fetch", docs)
+    with pytest.raises(AuditError, match="validation document 4 .*decoded tokens differ from the normalized caseops source"):
+        _audit(caseops_copy)
+    assert _audit(caseops_copy, AuditParams(compare_source_text=False)).source_text_checked is False
+    path = caseops_copy / "shards" / SHARDS_MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "text_transform"}))
+    with pytest.raises(AuditError, match="text_transform is None, the tokenizer has 'caseops'"):
+        _audit(caseops_copy)
+
+
+def test_caseops_profile_runs_stage_by_stage(tmp_path):
+    """profiles/caseops-sp8192.yaml through the library calls: tokenizer, export, audit, one evaluation."""
+    import torch
+
+    from pgolf.config.eval import EvalSlidingParams
+    from pgolf.config.model import ModelParams
+    from pgolf.eval.methods import METHODS
+    from pgolf.model import GPT
+    from pgolf.runtime import load_val_stream
+
+    profile = yaml.safe_load((REPO / "profiles" / "caseops-sp8192.yaml").read_text())
+    tokenizer_params = TokenizerParams(**profile["tokenizer"])
+    assert (tokenizer_params.vocab_size, tokenizer_params.text_transform) == (8192, "caseops")
+    docs = CASE_DOCS + EXTRA_DOCS + english_docs()
+    fetched = make_fetch_dir(tmp_path / "fetch", docs)
+    export = ExportParams(val_docs=VAL_DOCS, shard_tokens=4096, workers=1)
+    info = build_tokenizer(fetched, tokenizer_params, export, tmp_path / "tok")
+    assert info["vocab_size"] == 8192 and info["text_transform"] == "caseops"
+    manifest = export_shards(read_fetched(fetched), tmp_path / "tok", export, tmp_path / "shards")
+    result = audit(read_fetched(fetched), tmp_path / "tok", tmp_path / "shards", AuditParams())
+    assert result.val_tokens == manifest["tokens_val"] and result.source_text_checked
+
+    stream = load_val_stream(tmp_path / "shards", tmp_path / "tok" / MODEL_FILE)
+    assert int(stream.target_bytes.sum()) == result.val_bytes
+    torch.manual_seed(0)
+    model = GPT(ModelParams(vocab_size=8192, layers=1, width=32, heads=2, kv_heads=1)).eval()
+    outcome = METHODS["sliding"].evaluate(model, stream, EvalSlidingParams(window=128, stride=64, batch_size=8))
+    assert outcome.result.scored_bytes == result.val_bytes
+    bits = outcome.result.val_loss * outcome.result.scored_tokens / math.log(2)
+    assert outcome.result.val_bpb == pytest.approx(bits / result.val_bytes)
+    assert outcome.result.val_loss == pytest.approx(math.log(8192), rel=0.05)  # untrained: about uniform
