@@ -2,7 +2,11 @@
 
 `build_hub_repo(dir)` writes a small repo under `dir/datasets/`: manifest.json, one validation and
 two training shards (pydoc topic texts tokenized with a tiny SentencePiece BPE trained here with
-the official settings), the tokenizer's .model/.vocab, docs_selected.jsonl and its sidecar.
+the official settings), the tokenizer's .model/.vocab, docs_selected.jsonl and its sidecar; and,
+as the records' CaseOps repo has it, a second dataset of the same documents after the caseops
+transform (variant `sp384_lossless_caps_caseops_v1_reserved`, its tokenizer with the operators
+reserved and `text_transform` in its manifest entry) whose validation shard has its byte sidecar
+`fineweb_val_bytes_000000.bin` (counts made by pgolf's export code).
 
 `HubStub(dir, repo_id)` serves that directory on 127.0.0.1 (a free port, a daemon thread) with just
 what `huggingface_hub.hf_hub_download` needs for a dataset file: HEAD and GET on
@@ -33,6 +37,9 @@ VOCAB_SIZE = 384
 VARIANT = f"sp{VOCAB_SIZE}"
 DATASET = f"fineweb10B_{VARIANT}"
 TOKENIZER = f"fineweb_{VOCAB_SIZE}_bpe"
+CASEOPS_VARIANT = f"{VARIANT}_lossless_caps_caseops_v1_reserved"
+CASEOPS_DATASET = f"fineweb10B_{CASEOPS_VARIANT}"
+CASEOPS_TOKENIZER = f"fineweb_{VOCAB_SIZE}_bpe_lossless_caps_caseops_v1_reserved"
 VAL_DOCS = 12
 TRAIN_SPLIT_AT = 45  # train shard 0 holds docs [VAL_DOCS, 45), train shard 1 the rest
 BOS_ID = 1
@@ -45,14 +52,16 @@ class HubRepo:
     root: Path
     docs: list[str]
     shard_tokens: dict[str, int]
+    caseops_shard_tokens: dict[str, int] = field(default_factory=dict)  # the byte sidecar file included
 
     def file(self, relative: str) -> Path:
         """A file of the repo, by its path below the remote root `datasets/`."""
         return self.root / "datasets" / relative
 
 
-def _train_tokenizer(texts: list[str], prefix: Path) -> spm.SentencePieceProcessor:
+def _train_tokenizer(texts: list[str], prefix: Path, **extra: object) -> spm.SentencePieceProcessor:
     spm.SentencePieceTrainer.train(
+        **extra,
         sentence_iterator=iter(texts),
         model_prefix=str(prefix),
         model_type="bpe",
@@ -145,8 +154,45 @@ def build_hub_repo(root: Path) -> HubRepo:
             }
         ],
     }
+    caseops_tokens = _add_caseops_dataset(base, docs, manifest)
     (base / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return HubRepo(root=root, docs=docs, shard_tokens=shard_tokens)
+    return HubRepo(root=root, docs=docs, shard_tokens=shard_tokens, caseops_shard_tokens=caseops_tokens)
+
+
+def _add_caseops_dataset(base: Path, docs: list[str], manifest: dict) -> dict[str, int]:
+    """The case-transformed dataset, its tokenizer and the validation byte sidecar; entries added to `manifest`."""
+    from pgolf.bytetable import sidecar_name
+    from pgolf.casetransform import OPERATORS, caseops_forward
+    from pgolf.data.export import encode_batch
+
+    shards_dir = base / "datasets" / CASEOPS_DATASET
+    shards_dir.mkdir(parents=True)
+    prefix = base / "tokenizers" / CASEOPS_TOKENIZER
+    _train_tokenizer([caseops_forward(d) for d in docs[VAL_DOCS:]], prefix, user_defined_symbols=list(OPERATORS))
+    model = f"{prefix}.model"
+    val_tokens, _, counts = encode_batch(model, 0, docs[:VAL_DOCS], "caseops", VAL_DOCS)
+    files = {
+        shard_name("val", 0): val_tokens,
+        sidecar_name(0): counts,
+        shard_name("train", 0): encode_batch(model, VAL_DOCS, docs[VAL_DOCS:TRAIN_SPLIT_AT], "caseops")[0],
+        shard_name("train", 1): encode_batch(model, TRAIN_SPLIT_AT, docs[TRAIN_SPLIT_AT:], "caseops")[0],
+    }
+    for name, values in files.items():
+        (shards_dir / name).write_bytes(encode_shard(values))
+    tokens = {name: int(values.size) for name, values in files.items()}
+    entry = json.loads(json.dumps(manifest["datasets"][0]))
+    entry.update(name=CASEOPS_DATASET, tokenizer_name=f"sp_bpe_{VOCAB_SIZE}_caseops")
+    train_tokens = tokens[shard_name("train", 0)] + tokens[shard_name("train", 1)]
+    val = tokens[shard_name("val", 0)]
+    entry["stats"].update(tokens_val=val, tokens_train=train_tokens, tokens_total=val + train_tokens)
+    manifest["datasets"].append(entry)
+    tokenizer = json.loads(json.dumps(manifest["tokenizers"][0]))
+    tokenizer.update(
+        name=f"sp_bpe_{VOCAB_SIZE}_caseops", text_transform="lossless_caps_caseops_v1",
+        model_path=f"tokenizers/{CASEOPS_TOKENIZER}.model", vocab_path=f"tokenizers/{CASEOPS_TOKENIZER}.vocab",
+    )
+    manifest["tokenizers"].append(tokenizer)
+    return tokens
 
 
 @dataclass

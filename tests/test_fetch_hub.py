@@ -5,19 +5,34 @@ No test touches the internet: the endpoint is the stub on 127.0.0.1.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sentencepiece as spm
-from hub_stub import DATASET, REPO_ID, TOKENIZER, VAL_DOCS, VARIANT, VOCAB_SIZE, HubRepo, HubStub, build_hub_repo
+from hub_stub import (
+    CASEOPS_DATASET,
+    CASEOPS_TOKENIZER,
+    CASEOPS_VARIANT,
+    DATASET,
+    REPO_ID,
+    TOKENIZER,
+    VAL_DOCS,
+    VARIANT,
+    VOCAB_SIZE,
+    HubRepo,
+    HubStub,
+    build_hub_repo,
+)
 
 from pgolf.config.data import FetchParams
 from pgolf.data.docs import iter_docs, read_fetched
 from pgolf.data.hub import plan_downloads
-from pgolf.data.shards import list_shards, read_header
+from pgolf.data.shards import encode_shard, list_shards, read_header
 from pgolf.errors import DataError, ShardError
 
 SHARDS = f"datasets/{DATASET}"
@@ -33,7 +48,7 @@ def repo(hub_repo: HubRepo, tmp_path: Path) -> HubRepo:
     """A private copy of the stub repo that a test may damage."""
     root = tmp_path / "server"
     shutil.copytree(hub_repo.root, root)
-    return HubRepo(root=root, docs=hub_repo.docs, shard_tokens=hub_repo.shard_tokens)
+    return dataclasses.replace(hub_repo, root=root)
 
 
 @pytest.fixture
@@ -201,3 +216,78 @@ def test_bad_manifest_is_a_data_error(hub_repo: HubRepo, damage, message: str) -
     damage(manifest)
     with pytest.raises(DataError, match=message):
         plan_downloads(manifest, FetchParams(variant=VARIANT), "repo:datasets/manifest.json")
+
+
+# ---- the case-transformed set (the records' CaseOps repo) and its validation byte sidecar ----
+
+CASEOPS_SHARDS = f"datasets/{CASEOPS_DATASET}"
+
+
+def test_plan_adds_the_byte_sidecar_of_each_validation_shard(hub_repo: HubRepo) -> None:
+    params = FetchParams(variant=CASEOPS_VARIANT, train_shards=1, val_byte_sidecar=True)
+    plan = plan_downloads(_manifest(hub_repo), params, "m")
+    assert plan.sidecar_files == (f"{CASEOPS_SHARDS}/fineweb_val_bytes_000000.bin",)
+    assert plan.files[:3] == (f"{CASEOPS_SHARDS}/fineweb_val_000000.bin", *plan.sidecar_files, f"{CASEOPS_SHARDS}/fineweb_train_000000.bin")
+    assert plan.text_transform == "lossless_caps_caseops_v1" and plan.tokenizer_model == f"tokenizers/{CASEOPS_TOKENIZER}.model"
+    assert plan_downloads(_manifest(hub_repo), FetchParams(variant=VARIANT), "m").text_transform is None
+    assert plan_downloads(_manifest(hub_repo), FetchParams(variant=CASEOPS_VARIANT), "m").sidecar_files == ()
+
+
+def test_caseops_set_fetches_exports_and_audits(stub: HubStub, repo: HubRepo, tmp_path: Path) -> None:
+    from pgolf.audit import audit
+    from pgolf.config.data import AuditParams, ExportParams, TokenizerParams
+    from pgolf.data.export import export_shards
+    from pgolf.runtime import load_val_stream
+    from pgolf.tokenizer import MODEL_FILE, build_tokenizer
+
+    out = tmp_path / "fetch"
+    summary = run_fetch(params_for(stub, tmp_path, variant=CASEOPS_VARIANT, val_byte_sidecar=True, with_docs=True), out)
+    assert summary["val_byte_sidecar"] is True and summary["text_transform"] == "lossless_caps_caseops_v1"
+    fetched = read_fetched(out)
+    assert fetched.val_byte_sidecar and fetched.shards_dir == out / "hub" / CASEOPS_SHARDS
+    assert {p.name: read_header(p) for p in fetched.shards_dir.iterdir()} == repo.caseops_shard_tokens
+    tokenizer = TokenizerParams(reuse="official", vocab_size=VOCAB_SIZE, text_transform="caseops")
+    build_tokenizer(out, tokenizer, ExportParams(val_docs=VAL_DOCS), tmp_path / "tok")
+    manifest = export_shards(fetched, tmp_path / "tok", ExportParams(val_docs=VAL_DOCS), tmp_path / "shards")
+    assert manifest["source"] == "official" and manifest["val_byte_sidecar"] is True
+    result = audit(fetched, tmp_path / "tok", tmp_path / "shards", AuditParams())
+    assert result.source_text_checked and result.val_docs == VAL_DOCS
+    assert result.val_bytes == sum(len(d.encode("utf-8")) for d in repo.docs[:VAL_DOCS])  # stripped docs: nothing dropped
+    stream = load_val_stream(tmp_path / "shards", tmp_path / "tok" / MODEL_FILE)
+    assert int(stream.target_bytes.sum()) == result.val_bytes
+
+
+def test_caseops_set_without_the_sidecar_cannot_be_scored(stub: HubStub, tmp_path: Path) -> None:
+    from pgolf.config.data import ExportParams, TokenizerParams
+    from pgolf.data.export import export_shards
+    from pgolf.tokenizer import build_tokenizer
+
+    out = tmp_path / "fetch"
+    summary = run_fetch(params_for(stub, tmp_path, variant=CASEOPS_VARIANT), out)
+    assert "val_byte_sidecar" not in summary and not list((out / "hub" / CASEOPS_SHARDS).glob("fineweb_val_bytes_*"))
+    with pytest.raises(DataError, match="made with text transform 'lossless_caps_caseops_v1', not tokenizer.text_transform 'none'"):
+        build_tokenizer(out, TokenizerParams(reuse="official", vocab_size=VOCAB_SIZE), ExportParams(), tmp_path / "plain")
+    build_tokenizer(out, TokenizerParams(reuse="official", vocab_size=VOCAB_SIZE, text_transform="caseops"), ExportParams(), tmp_path / "tok")
+    with pytest.raises(DataError, match=r"fetch.val_byte_sidecar: true"):
+        export_shards(read_fetched(out), tmp_path / "tok", ExportParams(), tmp_path / "shards")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[:-5], r"fineweb_val_bytes_000000\.bin: truncated"),
+        (lambda data: encode_shard(np.frombuffer(data[1024:-2], dtype="<u2")), r"fineweb_val_bytes_000000\.bin: \d+ byte counts for the \d+ tokens of fineweb_val_000000\.bin"),
+    ],
+    ids=["truncated", "one-count-short"],
+)
+def test_bad_sidecar_on_the_server_fails_cleanly(stub: HubStub, repo: HubRepo, tmp_path: Path, damage, message: str) -> None:
+    bad = repo.file(f"{CASEOPS_SHARDS}/fineweb_val_bytes_000000.bin")
+    good = bad.read_bytes()
+    bad.write_bytes(damage(good))
+    params = params_for(stub, tmp_path, variant=CASEOPS_VARIANT, val_byte_sidecar=True)
+    with pytest.raises(ShardError, match=rf"{message}.*\(dropped from the download cache\)"):
+        run_fetch(params, tmp_path / "fetch")
+    bad.write_bytes(good)
+    run_fetch(params, tmp_path / "fetch")
+    sidecar = tmp_path / "fetch" / "hub" / CASEOPS_SHARDS / "fineweb_val_bytes_000000.bin"
+    assert read_header(sidecar) == repo.caseops_shard_tokens["fineweb_val_000000.bin"]
