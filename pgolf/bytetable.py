@@ -5,10 +5,9 @@ validation tokens, carries only this. Rules: boundary tokens (control / unknown 
 bytes, byte-fallback pieces 1 byte, other pieces their UTF-8 length without a leading ``▁``, plus
 1 for the ``▁`` unless the previous token is a boundary.
 
-Tokens of case-transformed text (`pgolf.casetransform`) no longer spell the original bytes; their
-counts come instead from the validation byte sidecar written by export (the records' format, PR
-#1729): beside each ``fineweb_val_NNNNNN.bin`` a ``fineweb_val_bytes_NNNNNN.bin`` in the same shard
-format, one uint16 per token: the original UTF-8 bytes that token stands for (BOS 0).
+Case-transformed tokens (`pgolf.casetransform`) take their bytes from the validation byte sidecar
+instead (PR #1729's format): ``fineweb_val_bytes_NNNNNN.bin`` beside each validation shard, in the
+shard format, one count of original UTF-8 bytes per token (BOS 0).
 """
 
 from __future__ import annotations
@@ -110,11 +109,8 @@ def sidecar_name(index: int) -> str:
 
 
 def load_sidecar(val_paths: list[Path]) -> np.ndarray:
-    """The byte counts of every validation token (int64), read from the sidecar beside each shard.
-
-    Each sidecar file is checked like a shard (header, size) and must hold exactly as many counts as
-    its shard holds tokens; DataError (or ShardError) naming the file otherwise.
-    """
+    """The sidecar's counts for every validation token (int64); each file is checked like a shard and
+    must hold one count per token of its shard (DataError naming the file)."""
     parts = []
     for index, path in enumerate(val_paths):
         side = Path(path).with_name(sidecar_name(index))
