@@ -16,6 +16,7 @@ from pgolf.config.data import ExportParams, TokenizerParams
 from pgolf.data.docs import read_fetched
 from pgolf.data.export import encode_batch, export_shards
 from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens, read_header, shard_name, write_shard
+from pgolf.eval.bpb import stream_from_sidecar
 from pgolf.errors import DataError, ShardError
 from pgolf.bytetable import load_processor
 from pgolf.tokenizer import MODEL_FILE, build_tokenizer, dropped_edge_bytes, encode_with_surfaces
@@ -273,3 +274,13 @@ def test_export_official_caseops_without_sidecar(caseops, tmp_path):
     fetched, _ = _official_caseops_fetch(tmp_path, caseops, sidecar=False)
     with pytest.raises(DataError, match=r"needs the validation byte sidecar, which the fetch lacks \(fetch.val_byte_sidecar: true\)"):
         export_shards(fetched, tmp_path / "tok", _params(), tmp_path / "out")
+
+
+def test_val_stream_from_sidecar_takes_its_counts_as_target_bytes():
+    tokens = np.array([1, 9, 10, 1, 11])
+    stream = stream_from_sidecar(tokens, np.array([0, 2, 3, 0, 4], dtype=np.uint16), 1)
+    assert stream.target_bytes.tolist() == [0, 2, 3, 0, 4] and stream.target_bytes.dtype == np.int64
+    with pytest.raises(DataError, match=r"^byte sidecar counts 2 bytes for the BOS at position 3 \(must be 0\)$"):
+        stream_from_sidecar(tokens, np.array([0, 2, 3, 2, 4]), 1)
+    with pytest.raises(DataError, match=r"^byte sidecar holds 4 counts for 5 validation tokens$"):
+        stream_from_sidecar(tokens, np.array([0, 2, 3, 0]), 1)
