@@ -111,8 +111,8 @@ def train_tokenizer(docs: Iterable[str], params: TokenizerParams, out_dir: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     count = _TrainingCount()
     model = io.BytesIO()
-    transform = get_transform(params.text_transform).forward
-    sentences = (s for text in _capped(docs, params.max_train_bytes, count) for s in trainer_sentences(transform(text)))
+    forward = get_transform(params.text_transform).forward  # the trainer sees what export will encode
+    sentences = (s for text in _capped(docs, params.max_train_bytes, count) for s in trainer_sentences(forward(text)))
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=sentences,
@@ -264,7 +264,6 @@ def _copy_official(fetched: Fetched, params: TokenizerParams, out_dir: Path) -> 
     else:
         write_vocab(sp, out_dir / VOCAB_FILE)
     return {"source": "official", "official_model": source.name}
-
 
 
 def _varint(buf: bytes, at: int) -> tuple[int, int]:

@@ -54,17 +54,17 @@ def _processor(model_path: str) -> spm.SentencePieceProcessor:
 
 
 def encode_batch(
-    model_path: str, first_doc: int, texts: list[str], transform: str = "none", sidecar_docs: int = 0
+    model_path: str, first_doc: int, texts: list[str], transform_name: str = "none", sidecar_docs: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Tokenize documents after `transform`: (BOS + ids of each, concatenated, as uint16; tokens per
-    document; for the first `sidecar_docs` documents, their tokens' original byte counts, else None)."""
+    """Tokenize documents after their text transform: (BOS + ids of each, concatenated, as uint16; tokens
+    per document; for the first `sidecar_docs` documents, their tokens' original byte counts, else None)."""
     sp = _processor(model_path)
-    forward = get_transform(transform).forward
-    texts = [forward(text) for text in texts]
+    transform = get_transform(transform_name)
+    texts = [transform.forward(text) for text in texts]
     try:
         surfaces = encode_with_surfaces(sp, texts[:sidecar_docs])
         encoded = [ids.tolist() for ids, _, _ in surfaces] + sp.encode(texts[sidecar_docs:])
-        counts = _sidecar_counts(get_transform(transform), first_doc, texts, surfaces) if sidecar_docs else None
+        counts = _sidecar_counts(transform, first_doc, texts, surfaces) if sidecar_docs else None
     except (TypeError, RuntimeError, UnicodeError):
         raise _first_unencodable(sp, first_doc, texts) from None
     bos, vocab = sp.bos_id(), sp.vocab_size()
@@ -117,19 +117,19 @@ def _batches(docs_path: Path, batch_docs: int) -> Iterator[tuple[int, list[str]]
 
 
 def _encoded(
-    batches: Iterator[tuple[int, list[str]]], model_path: str, workers: int, transform: str, sidecar_until: int
+    batches: Iterator[tuple[int, list[str]]], model_path: str, workers: int, transform_name: str, sidecar_until: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Encoded batches in input order (sidecar counts for documents before `sidecar_until`); at most a
     few batches per worker are in flight."""
     if workers == 1:
         for start, texts in batches:
-            yield encode_batch(model_path, start, texts, transform, max(min(sidecar_until - start, len(texts)), 0))
+            yield encode_batch(model_path, start, texts, transform_name, max(min(sidecar_until - start, len(texts)), 0))
         return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         pending: deque = deque()
         for start, texts in batches:
             sidecar_docs = max(min(sidecar_until - start, len(texts)), 0)
-            pending.append(pool.apply_async(encode_batch, (model_path, start, texts, transform, sidecar_docs)))
+            pending.append(pool.apply_async(encode_batch, (model_path, start, texts, transform_name, sidecar_docs)))
             if len(pending) >= workers * BATCHES_IN_FLIGHT_PER_WORKER:
                 yield pending.popleft().get()
         while pending:
@@ -202,7 +202,7 @@ def _tokenize(fetched: Fetched, tokenizer: TokenizerInfo, params: ExportParams, 
         raise DataError(f"{fetched.root}: the fetch has no documents to tokenize (fetch.with_docs: true, or tokenizer.reuse: official)")
     if fetched.num_docs is not None and params.val_docs >= fetched.num_docs:
         raise DataError(f"export.val_docs={params.val_docs} leaves no training documents ({fetched.num_docs} fetched)")
-    sidecar = not get_transform(tokenizer.text_transform).identity
+    sidecar = not get_transform(tokenizer.text_transform).identity  # the byte table cannot count transformed tokens
     writers = {split: _ShardWriter(out_dir, split, params.shard_tokens, sidecar and split == "val") for split in ("val", "train")}
     batches = _batches(fetched.docs_path, params.batch_docs)
     progress = tqdm(total=fetched.num_docs, unit="doc", desc="export", mininterval=1.0, disable=None)
