@@ -201,7 +201,7 @@ def test_row_references_find_near_duplicate_rows_and_round_trip():
     q = near_duplicate_embedding()
     qt = QuantizedTensor("emb.weight", "embedding", 7, q, torch.full((q.shape[0],), 0.01).half(), "float32")
     qm = QuantizedModel({}, {"emb.weight": qt}, {}, {"emb.weight": "float32"})
-    plain = pack_model(qm, PackParams(compressor="ans", ans_clusters=4, reference_brotli=False))
+    plain = pack_model(qm, PackParams(compressor="ans", ans_clusters=4, row_refs=False, reference_brotli=False))
     refs = pack_model(qm, PackParams(compressor="ans", ans_clusters=4, row_refs=True, reference_brotli=False))  # differences get their own class
     parsed = parse_artifact(refs.data)
     stored = [e for e in parsed.header.tensors if e.role == "refs"]
