@@ -96,22 +96,24 @@ def test_salient_block_beats_plain_gptq_at_the_same_bits(seed):
     w, h = weights(seed), correlated_hessian(seed)
     state = {"blocks.0.mlp.fc.weight": w}
     hessians = {"blocks.0.mlp.fc.weight": h}
-    base = QuantizeParams(min_numel=1, mlp={"bits": 4, "k": 6.0})
-    plain = quantize_state(state, hessians, base, {}).quantized["blocks.0.mlp.fc.weight"]
-    mixed = quantize_state(state, hessians, base.model_copy(update={"salient_group": 8, "salient_bits": 8}), {}).quantized["blocks.0.mlp.fc.weight"]
+    plain = quantize_state(state, hessians, QuantizeParams(min_numel=1, mlp={"bits": 4, "k": 6.0}), {}).quantized["blocks.0.mlp.fc.weight"]
+    mixed_params = QuantizeParams(min_numel=1, mlp={"bits": 4, "k": 6.0, "salient": 8}, salient_bits=8)
+    mixed = quantize_state(state, hessians, mixed_params, {}).quantized["blocks.0.mlp.fc.weight"]
     assert plain.extras == {} and set(mixed.extras) == {"salient.fine", "salient.start", "salient.shift"}
     assert mixed.bits == plain.bits == 4
     assert relative_output_error(w, mixed.dequantize(), h) < relative_output_error(w, plain.dequantize(), h)
 
 
-def test_salient_is_off_by_default_and_skips_groups_already_at_its_bits():
+def test_salient_is_off_by_default_per_group_and_skips_groups_already_at_its_bits():
     w, h = weights(3), correlated_hessian(3)
-    state = {"blocks.0.mlp.fc.weight": w, "tok_emb.weight": weights(4)}
-    hessians = {"blocks.0.mlp.fc.weight": h, "tok_emb.weight": h}
+    state = {"blocks.0.mlp.fc.weight": w, "blocks.0.attn.c_q.weight": weights(5), "tok_emb.weight": weights(4)}
+    hessians = dict.fromkeys(state, h)
     assert all(qt.extras == {} for qt in quantize_state(state, hessians, QuantizeParams(min_numel=1), {}).quantized.values())
-    on = quantize_state(state, hessians, QuantizeParams(min_numel=1, salient_group=8, salient_bits=7), {})
-    assert on.quantized["blocks.0.mlp.fc.weight"].extras and not on.quantized["tok_emb.weight"].extras  # embedding: int7 already
-    assert on.quantized["blocks.0.mlp.fc.weight"].extras["salient.shift"].tolist() == [1.0]
+    params = QuantizeParams(min_numel=1, salient_bits=7, mlp={"bits": 6, "k": 12.0, "salient": 8}, embedding={"bits": 7, "k": 12.0, "salient": 8})
+    on = quantize_state(state, hessians, params, {}).quantized
+    assert on["blocks.0.mlp.fc.weight"].extras["salient.shift"].tolist() == [1.0]
+    assert not on["blocks.0.attn.c_q.weight"].extras  # attention: salient 0
+    assert not on["tok_emb.weight"].extras  # embedding: int7 already
 
 
 @pytest.mark.parametrize("extras, match", [
@@ -143,12 +145,12 @@ def tiny_model_and_hessians():
 def test_loaded_artifact_applies_the_salient_blocks(tmp_path):
     model, hessians = tiny_model_and_hessians()
     config = model.config.model_dump(mode="json")
-    params = QuantizeParams(min_numel=256, salient_group=8, salient_bits=8)
+    params = QuantizeParams(min_numel=256, salient_bits=8, **{g: {"bits": b, "k": 12.0, "salient": 8} for g, b in (("attention", 6), ("mlp", 6), ("embedding", 7))})
     qm = quantize_state(model.state_dict(), hessians, params, config)
     assert sum("salient.fine" in qt.extras for qt in qm.quantized.values()) == len(hessians)
     packed = pack_model(qm, PackParams())
     assert sum(g["extras_bytes"] for g in packed.groups.values()) > 0
-    plain = pack_model(quantize_state(model.state_dict(), hessians, params.model_copy(update={"salient_group": 0}), config), PackParams())
+    plain = pack_model(quantize_state(model.state_dict(), hessians, QuantizeParams(min_numel=256), config), PackParams())
     assert packed.bytes_model > plain.bytes_model  # the refinements are stored and counted
     loaded = model_from_artifact(artifact_from_parsed(parse_artifact(packed.data)), "test")
     reference = build_model(config)

@@ -14,7 +14,8 @@ class GroupQuant(Section):
     """Quantization of one tensor group."""
 
     bits: int = Field(6, ge=2, le=8, description="signed symmetric bit width: 2*(2**(bits-1)-1)+1 levels")
-    k: float = Field(12.0, gt=0.0, le=1000.0, description="scale=std: per-row scale k*std(row)/qmax (frontier: 11.5-14)")
+    k: float = Field(12.0, gt=0.0, le=1000.0, description="scale=std: per-row scale k*std(row)/qmax, std with Bessel's correction as the records' SDClip (records: attention 13.0, MLP 11.5, embedding 14, other 12.85)")
+    salient: int = Field(0, ge=0, le=65536, description="AWQ-lite (#1908): columns per salient block of this group's matrices, kept at quantize.salient_bits inside the same solve; 0 = off (records: 64 at width 512)")
 
 
 class QuantizeParams(Section):
@@ -37,9 +38,8 @@ class QuantizeParams(Section):
     lowrank_v_bits: int = Field(0, ge=0, le=8, description="lowrank: bits of the V factor's integer symbols (2..8); 0 = float16 values (records: 4)")
     lowrank_group: int = Field(32, ge=1, le=65536, description="lowrank: integer factors share one float16 scale per run of this many entries of a component (records: 32-64)")
     lowrank_metric: Literal["weight", "output"] = Field("weight", description="lowrank: the fit minimises ||E - U V^T||_F (weight, the records') or the Hessian-weighted output error (output; weight without a Hessian)")
-    salient_group: int = Field(0, ge=0, le=65536, description="AWQ-lite (#1908): columns per salient block kept at salient_bits inside the same solve; 0 = off (records: 64 at width 512)")
-    salient_top: int = Field(1, ge=1, le=1024, description="salient: blocks per matrix, the most salient by H_jj * mean W_ij^2 (records: 1)")
-    salient_bits: int = Field(8, ge=3, le=8, description="salient: precision of the salient blocks; tensors whose group has at least this many bits are left alone (records: 8)")
+    salient_top: int = Field(1, ge=1, le=1024, description="AWQ-lite: salient blocks per matrix of a group with salient > 0, the most salient by H_jj * mean W_ij^2 (records: 1)")
+    salient_bits: int = Field(8, ge=3, le=8, description="AWQ-lite: precision of the salient blocks; a group with at least this many bits is left alone (records: 8)")
     passthrough_dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="storage dtype of passthrough tensors")
 
     @field_validator("lowrank_u_bits", "lowrank_v_bits")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from pgolf.config.quantize import QuantizeParams
+from pgolf.config.quantize import GroupQuant, QuantizeParams
 from pgolf.quant.gptq import relative_output_error, relative_reconstruction_error
 from pgolf.quant.groups import is_quantizable, tensor_group, unique_tensors
 from pgolf.quant.lowrank_fit import fit_lowrank, top_by_residual
@@ -60,25 +60,25 @@ def quantize_matrix(w: torch.Tensor, h: torch.Tensor | None, params: QuantizePar
     return QUANTIZERS[method].quantize(w, h, scale, maxq, params, mult), scale, method
 
 
-def salient_blocks(w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, bits: int) -> tuple[torch.Tensor, int] | None:
-    """(first columns, shift) of the matrix's salient blocks, or None: off, no Hessian, a group
-    already at salient_bits, or fewer columns than one block."""
-    shift = params.salient_bits - bits
-    if not params.salient_group or h is None or shift <= 0:
+def salient_blocks(w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, spec: GroupQuant) -> tuple[torch.Tensor, int] | None:
+    """(first columns, shift) of the matrix's salient blocks, or None: off for its group, no
+    Hessian, a group already at salient_bits, or fewer columns than one block."""
+    shift = params.salient_bits - spec.bits
+    if not spec.salient or h is None or shift <= 0:
         return None
-    starts = choose_blocks(column_saliency(w, h), params.salient_group, params.salient_top)
+    starts = choose_blocks(column_saliency(w, h), spec.salient, params.salient_top)
     return (starts, shift) if starts.numel() else None
 
 
 def quantize_tensor(name: str, group: str, w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, dtype: str) -> tuple[QuantizedTensor, str]:
     """One matrix -> (its QuantizedTensor with salient blocks if on, the quantizer used)."""
-    spec = getattr(params, group)
-    blocks = salient_blocks(w, h, params, spec.bits)
-    mult = None if blocks is None else multipliers(w.shape[1], blocks[0], params.salient_group, blocks[1])
+    spec: GroupQuant = getattr(params, group)
+    blocks = salient_blocks(w, h, params, spec)
+    mult = None if blocks is None else multipliers(w.shape[1], blocks[0], spec.salient, blocks[1])
     q, scale, method = quantize_matrix(w, h, params, spec.bits, spec.k, mult)
     extras: dict[str, torch.Tensor] = {}
     if blocks is not None:
-        q, extras = split(q, blocks[0], params.salient_group, blocks[1])
+        q, extras = split(q, blocks[0], spec.salient, blocks[1])
     return QuantizedTensor(name, group, spec.bits, q, scale.squeeze(1).half(), dtype, extras), method
 
 
