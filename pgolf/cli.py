@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pgolf.train.stage", "add_train_command"),
     "summary": ("pgolf.summary", "add_summary_command"),
     "exp": ("pgolf.exptable", "add_exp_command"),
+    "ablate": ("pgolf.ablate", "add_ablate_command"),
 }
 
 
