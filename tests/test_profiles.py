@@ -16,7 +16,7 @@ import yaml
 from pgolf.cli import main
 from pgolf.config.sections import load_params
 from pgolf.dvclock import dvc_busy
-from pgolf.profiles import apply_profile, list_profiles, merge
+from pgolf.profiles import apply_profile, list_profiles, load_profile, merge
 from pgolf.yamledit import EditError, edit_yaml, format_value, same
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,3 +240,46 @@ def test_apply_refuses_during_a_real_dvc_repro(tmp_path):
         output = dvc.communicate(timeout=120)[0]
     assert dvc.returncode == 0, output
     assert _cli(repo, "apply", "tiny").returncode == 0
+
+
+def _get(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def test_frontier_8xh100_is_the_2135_recipe():
+    """The figures of CHALLENGE.md's recipe of PR #2135 that pgolf has keys for, and a header naming what is missing."""
+    profile = load_profile("frontier-8xh100", PROFILES)
+    expected = {
+        "tokenizer.vocab_size": 8192, "tokenizer.text_transform": "caseops", "export.val_docs": 50000,
+        "train.model.layers": 11, "train.model.width": 512, "train.model.heads": 8, "train.model.kv_heads": 4,
+        "train.model.mlp_mult": 4.0, "train.model.activation": "leaky_relu2", "train.model.leaky_slope": 0.5,
+        "train.model.rope_dims": 16, "train.model.qk_gain_init": 5.0, "train.model.xsa_layers": 11,
+        "train.model.recur_start": 3, "train.model.recur_end": 5, "train.model.recur_loops": 2,
+        "train.model.recur_from_progress": 0.35, "train.model.parallel_from": 8, "train.model.skip_gates": True,
+        "train.model.ln_scale": True, "train.model.smear_gate": True, "train.model.smear_window": 12,
+        "train.model.attn_out_gate": True, "train.model.asymmetric_softcap": True, "train.model.logit_softcap": 30.0,
+        "train.optim.matrix.lr": 0.028, "train.optim.matrix.momentum": 0.97, "train.optim.matrix.momentum_warmup_start": 0.92,
+        "train.optim.matrix.momentum_warmup_steps": 1500, "train.optim.matrix.weight_decay": 0.095,
+        "train.optim.matrix.row_normalize": True, "train.optim.embed.lr": 0.03, "train.optim.embed.weight_decay": 0.085,
+        "train.optim.embed.beta2": 0.99, "train.optim.scalar.lr": 0.02, "train.optim.scalar.beta2": 0.99,
+        "train.optim.grad_clip_norm": 0.3, "train.batch_tokens": 786432, "train.seq_len": 2048,
+        "train.warmdown_fraction": 0.85, "train.final_lr_fraction": 0.1, "train.final_lr_mode": "clamp",
+        "train.ema_decay": 0.9965, "calibrate.batches": 32, "quantize.attention.k": 13.0, "quantize.mlp.k": 11.5,
+        "quantize.embedding.bits": 7, "quantize.embedding.k": 14.0, "quantize.lowrank_rank": 4, "quantize.lowrank_top": 3,
+        "eval_sliding.window": 2048, "eval_sliding.stride": 64, "eval_ttt.lora_rank": 80, "eval_ttt.chunk_tokens": 48,
+        "aggregate.reference_mean_bpb": 1.05651,
+    }
+    assert {key: _get(profile.overrides, key) for key in expected} == expected
+    assert len(profile.overrides["train"]["optim"]["matrix"]["ns_coefficients"]) == 5  # Polar Express
+    targets = profile.overrides["eval_ttt"]["lora_targets"]  # LoRA on Q, V, O and the MLP; K left out
+    assert re.search(targets, "blocks.0.attn.c_k") is None
+    assert all(re.search(targets, f"blocks.0.{name}") for name in ("attn.c_q", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj"))
+    for missing in ("tokenizer file", "phased TTT", "n-gram tilt", "lrzip"):
+        assert missing in profile.description, missing
+
+
+def test_frontier_cpu_header_gives_its_measured_time():
+    profile = load_profile("frontier-cpu", PROFILES)
+    assert re.search(r"measured \d+ s per run", profile.description), profile.description
