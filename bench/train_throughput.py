@@ -1,7 +1,14 @@
 """Tokens/s of pgolf's training step against a minimal plain-PyTorch version of the same model and
-optimizer (written below), in the same process, alternating runs. Last line: the ratio pgolf/plain.
+optimizer (written below), in the same process, alternating runs, every option off. Last line: the
+ratio pgolf/plain.
 
-    python bench/train_throughput.py [--rounds 5] [--steps 8] [--threads 1]
+Before it, the cost of each option (pgolf.ablation_options) on alone: a profile's train section
+(default frontier-cpu) with every option of the table off is the baseline; each option the profile
+turns on is measured alone on top of it, all in the same run, rounds alternating; the report gives
+tokens/s and the step-time ratio option/baseline (> 1: slower). Options are measured fully on:
+depth recurrence switched on from the first step, a sequence-length schedule at its final length.
+
+    python bench/train_throughput.py [--rounds 5] [--steps 8] [--threads 1] [--profile frontier-cpu] [--no-options]
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pgolf.ablation_options import OPTIONS, assign, partition
 from pgolf.config.train import TrainParams
 from pgolf.data.shards import write_shard
 from pgolf.dist import init_dist
+from pgolf.profiles import load_profile, merge
 from pgolf.train.loop import Trainer
 
 VOCAB = 1024
+REPO = Path(__file__).resolve().parents[1]
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
@@ -152,11 +162,65 @@ def tokens_per_second(step, steps: int, batch_tokens: int) -> float:
     return steps * batch_tokens / (time.perf_counter() - start)
 
 
+def option_params(profile: str) -> tuple[dict[str, TrainParams], list[str]]:
+    """"baseline" (the profile's train section, every option off) and, per option on in the profile, that
+    baseline with the option alone on; and the options left out because alone they change nothing (they need another)."""
+    train = TrainParams.model_validate(merge(TrainParams().model_dump(mode="json"), load_profile(profile, REPO / "profiles").overrides.get("train", {})))
+    on, _ = partition(list(OPTIONS), {"train": train.model_dump(mode="json")})
+    bench = {"resume": False, "device": "cpu", "checkpoint_every": 0, "val_every": 0}
+
+    def without(skip: str | None) -> dict:
+        data = {"train": train.model_dump(mode="json")}
+        for option in on:
+            if option.name != skip:
+                for key, value in option.off.items():
+                    assign(data, key, value)
+        return merge(data["train"], bench)
+
+    base = without(None)
+    configs = {"baseline": base}
+    for option in on:
+        configs[option.name] = without(option.name)
+    left_out = [name for name, data in configs.items() if name != "baseline" and data == base]
+    out = {}
+    for name, data in configs.items():
+        if name in left_out:
+            continue
+        final = TrainParams.model_validate(data).final_seq_len
+        data["seq_len_schedule"] = [[0.0, length] for _, length in data["seq_len_schedule"]][-1:]
+        data["model"]["recur_from_progress"] = 0.0
+        data.update(val_tokens=final, val_batch_tokens=final)
+        out[name] = TrainParams.model_validate(data)
+    return out, left_out
+
+
+def trainer_step(params: TrainParams, shards: Path, name: str):
+    trainer = Trainer(params, shards, shards / f"out-{name}", init_dist("cpu"), None)
+    if params.model.recur_loops:
+        trainer.model.set_recurrence(True)
+    return lambda: trainer.train_step(params.final_seq_len)
+
+
+def measure(steps: dict, batch_tokens: dict, rounds: int, n: int) -> dict[str, float]:
+    """Median tokens/s per entry, rounds alternating between the entries after two warm-up steps each."""
+    for step in steps.values():
+        for _ in range(2):
+            step()
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            rates[name].append(tokens_per_second(step, n, batch_tokens[name]))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared machine; 0 = torch default)")
+    parser.add_argument("--profile", default="frontier-cpu", help="profile whose options are measured one at a time (default frontier-cpu)")
+    parser.add_argument("--option-rounds", type=int, default=3, help="rounds of the per-option report (default 3)")
+    parser.add_argument("--no-options", action="store_true", help="skip the per-option report")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,14 +234,19 @@ def main() -> None:
         pgolf_run = Trainer(params, shards, shards / "out", init_dist("cpu"), None)
         plain_run = PlainRun(params, tokens)
         runs = {"pgolf": pgolf_run.train_step, "plain": plain_run.train_step}
-        for step in runs.values():  # warm-up
-            for _ in range(2):
-                step()
-        rates: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(args.rounds):
-            for name, step in runs.items():
-                rates[name].append(tokens_per_second(step, args.steps, params.batch_tokens))
-    pgolf_rate, plain_rate = statistics.median(rates["pgolf"]), statistics.median(rates["plain"])
+        rates = measure(runs, {name: params.batch_tokens for name in runs}, args.rounds, args.steps)
+        if not args.no_options:
+            configs, left_out = option_params(args.profile)
+            steps = {name: trainer_step(p, shards, name) for name, p in configs.items()}
+            option_rates = measure(steps, {name: p.batch_tokens for name, p in configs.items()}, args.option_rounds, args.steps)
+            base = option_rates["baseline"]
+            print(f"options on alone over the baseline (profile {args.profile}'s train section, every option off); "
+                  f"step-time ratio option/baseline, > 1 is slower:")
+            for name, rate in option_rates.items():
+                print(f"  {name:<20} {rate:>9,.0f} tokens/s  {base / rate:6.3f}")
+            for name in left_out:
+                print(f"  {name:<20} not measured: alone it changes nothing (it needs another option on)")
+    pgolf_rate, plain_rate = rates["pgolf"], rates["plain"]
     print(f"threads: {torch.get_num_threads()} batch_tokens: {params.batch_tokens} seq_len: {params.seq_len}", file=sys.stderr)
     print(f"pgolf_tokens_per_second: {pgolf_rate:.0f}")
     print(f"plain_tokens_per_second: {plain_rate:.0f}")
