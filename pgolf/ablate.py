@@ -216,6 +216,7 @@ def render_report(plan: Plan, found: dict[str, Result], timing: dict, alpha: flo
         f"- tokens/s: the train stage's `tokens_per_second` from each run's untracked `{TIMING_FILE}`, read by "
         f"`pgolf ablate` right after the run and kept in `{timing_name}` (matched to the experiment's commit; '-' when "
         f"DVC restored the stage from its cache instead of running it); mean over seeds. bytes_total: `{BYTES[0]}`.",
+        f"- Runs present: {sum(len(v) for _, v, _, _ in rows)} of {len(plan.arms) * len(plan.seeds)}.",
         "",
         "| arm | switches off | seeds | val_bpb | delta vs all-on | p(helps) | verdict | tokens/s | bytes_total |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -377,7 +378,7 @@ def _ablate(args: argparse.Namespace) -> int:
         write_report(root, plan, report, args.alpha)
     else:
         run_plan(root, plan, report, args.alpha)
-    print(f"{report}: written ({timing_file(report).name} beside it)")
+    print(f"{report}: written" + (f", {timing_file(report).name} beside it" if timing_file(report).is_file() else ""))
     return 0
 
 

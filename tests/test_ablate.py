@@ -142,6 +142,7 @@ def test_report_from_dvc_exp_show():
     assert "    pgolf ablate frontier-cpu --rev ababab --seeds 1,2,3\n" in report and f"commit `{REV}`" in report
     assert (REPO / "profiles" / "frontier-cpu.yaml").read_text().rstrip() in report
     assert "Selected options without an arm: bigram_hash: off in the profile." in report
+    assert "- Runs present: 11 of 12.\n" in report
 
     ref = values[ALL_ON]
     assert _row(report, ALL_ON) == ["all-on", "(nothing)", "3/3", "1.5000 +- 0.0100", "-", "-", "reference", "1,500", "300,002"]
