@@ -21,7 +21,7 @@ from pgolf.config.train import OptimParams
 from pgolf.errors import ParamsError
 from pgolf.model import GPT, build_model, count_params
 from pgolf.model.bigram import bigram_buckets
-from pgolf.model.docmask import document_segments
+from pgolf.model.docmask import dense_document_mask, document_segments
 from pgolf.model.lanes import FINAL_LANE, LaneMix, final_lane, lane_start
 from pgolf.model.layers import rms_norm
 from pgolf.model.lnscale import ln_scale
@@ -352,11 +352,13 @@ def test_model_passes_document_segments_to_every_attention():
     idx = tokens([BOS, 4, 5, BOS, 6, 7, 8])
     with torch.no_grad():
         model(idx)
-        assert len(seen) == 3 and all(torch.equal(s, document_segments(idx, BOS)) for s in seen)
+        # one mask per forward, built from the BOS segments and shared by every layer
+        assert len(seen) == 3 and all(s is seen[0] for s in seen)
+        assert torch.equal(seen[0].mask, dense_document_mask(document_segments(idx, BOS)))
         given_segments = torch.zeros_like(idx)
         seen.clear()
         model(idx, given_segments)
-    assert all(s is given_segments for s in seen)
+    assert len(seen) == 3 and torch.equal(seen[0].mask, dense_document_mask(given_segments))
 
 
 def test_a_document_packed_after_another_scores_as_if_alone():

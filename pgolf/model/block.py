@@ -12,6 +12,7 @@ from pgolf.model.lanes import LaneMix, Lanes
 from pgolf.model.layers import RMSNorm
 from pgolf.model.lnscale import ln_scale
 from pgolf.model.mlp import MLP
+from pgolf.model.docmask import DocumentMask
 
 
 class Block(nn.Module):
@@ -42,13 +43,13 @@ class Block(nn.Module):
         y = norm(x)
         return y if self.norm_scale is None else y * self.norm_scale
 
-    def forward(self, x: Tensor, x0: Tensor, segments: Tensor | None = None, value_embed: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, segments: Tensor | DocumentMask | None = None, value_embed: Tensor | None = None) -> Tensor:
         x = self.mixed(x, x0)
         x = x + self.attn_scale.to(x.dtype) * self.attn(self.normed(self.attn_norm, x), segments, value_embed)
         x = x + self.mlp_scale.to(x.dtype) * self.mlp(self.normed(self.mlp_norm, x))
         return x
 
-    def forward_lanes(self, lanes: Lanes, x0: Tensor, segments: Tensor | None = None, value_embed: Tensor | None = None) -> Lanes:
+    def forward_lanes(self, lanes: Lanes, x0: Tensor, segments: Tensor | DocumentMask | None = None, value_embed: Tensor | None = None) -> Lanes:
         """The parallel form: attention reads the attention lane (mixed with x0), the MLP the MLP lane."""
         if self.lane_mix is None:
             raise ValueError(f"block {self.layer} has no lanes (parallel_from is off or above it)")

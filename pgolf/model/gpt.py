@@ -22,7 +22,7 @@ from pgolf.config.model import ModelParams
 from pgolf.errors import ParamsError
 from pgolf.model.bigram import BigramHash
 from pgolf.model.block import Block
-from pgolf.model.docmask import document_segments
+from pgolf.model.docmask import document_mask, document_segments
 from pgolf.model.lanes import Lanes, final_lane, lane_start
 from pgolf.model.layers import CastedLinear, RMSNorm, rms_norm
 from pgolf.model.recurrence import logical_layers, unet_halves
@@ -85,13 +85,14 @@ class GPT(nn.Module):
         for attention (computed from BOS positions when doc_attention is on and none are given)."""
         if segments is None and self.config.doc_attention:
             segments = document_segments(idx, self.config.bos_id)
+        mask = None if segments is None else document_mask(segments)  # built once, shared by every layer
         x = self.embed(idx)
         x0 = x
         shared_ve = None if self.value_embed is None else self.value_embed(idx)
         encoder, decoder = self.orders[self.recurrence_active]
         skips: list[Tensor] = []
         for layer in encoder:
-            x = self.blocks[layer](x, x0, segments, self.value_embed_for(shared_ve, layer))
+            x = self.blocks[layer](x, x0, mask, self.value_embed_for(shared_ve, layer))
             skips.append(x)
         start = self.lane_starts[self.recurrence_active]
         lanes: Lanes | None = None
@@ -106,9 +107,9 @@ class GPT(nn.Module):
                     lanes = (merge_skip(lanes[0], skips.pop(), self.skip_weights[i], gate), lanes[1])
             value_embed = self.value_embed_for(shared_ve, layer)
             if lanes is None:
-                x = self.blocks[layer](x, x0, segments, value_embed)
+                x = self.blocks[layer](x, x0, mask, value_embed)
             else:
-                lanes = self.blocks[layer].forward_lanes(lanes, x0, segments, value_embed)
+                lanes = self.blocks[layer].forward_lanes(lanes, x0, mask, value_embed)
         if lanes is not None:
             x = final_lane(lanes, self.config.parallel_final)
         x = self.final_norm(x)
