@@ -70,7 +70,7 @@ def run_extra_seed(seed: int, run: SeedRun, seed_dir: Path) -> dict[str, float]:
     log.info("seed %d: train", seed)
     argv = ["-m", "pgolf", "train", "--params", str(params_file), "--shards", str(run.shards), "--out", str(seed_dir / "data/train"),
             "--metrics", str(metrics / "train.json"), "--live", ""]
-    run_train_stage(train, run.shards, seed_dir / "data/train", metrics / "train.json", None, argv)
+    run_train_stage(train, run.shards, seed_dir / "data/train", metrics / "train.json", None, argv, run.calibrate)
     train_shards = list_shards(run.shards, "train")[:1]
     if not train_shards:
         raise DataError(f"{run.shards}: no training shard to calibrate seed {seed} on")

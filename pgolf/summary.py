@@ -98,6 +98,7 @@ def collect(metrics_dir: str | Path = "metrics") -> dict[str, Any]:
             "tokens_seen": _num(train, "tokens_seen"),
             "tokens_per_second": _num(train, "tokens_per_second"),
             "wallclock_seconds": _num(train, "wallclock_seconds"),
+            "calibrate_seconds": _num(train, "calibrate_seconds") if m["calibrate"].get("collected_on") == "train_ranks" else None,
             "train_loss": _num(train, "train_loss"),
             "params_count": _num(train, "params_count"),
             "stopped_by": train.get("stopped_by"),
@@ -109,7 +110,8 @@ def collect(metrics_dir: str | Path = "metrics") -> dict[str, Any]:
         },
         "stage_seconds": {
             "train": _num(train, "wallclock_seconds"),
-            "calibrate": _num(m["calibrate"], "calibrate_time_s"),
+            # Collected on the training ranks (calibrate.on_train_ranks): the seconds after the loop, in the training budget.
+            "calibrate": _num(train, "calibrate_seconds") if m["calibrate"].get("collected_on") == "train_ranks" else _num(m["calibrate"], "calibrate_time_s"),
             "quantize": _num(m["quantize"], "quantize_time_s"),
             "eval_sliding": _num(sliding, "seconds"),
             "eval_ttt": _num(ttt, "seconds"),
@@ -158,7 +160,8 @@ def render(summary: dict) -> str:
     tps = None if t["tokens_per_second"] is None else round(t["tokens_per_second"])
     rows.append(("train", f"{_f(t['steps'])} steps, {_f(t['tokens_seen'])} tokens, {_f(tps)} tokens/s, "
                           f"{_seconds(t['wallclock_seconds'])}" + (f", stopped by {t['stopped_by']}" if t["stopped_by"] else "")
-))
+                          + (f" + calibrate {_seconds(t['calibrate_seconds'])} = {_seconds(t['wallclock_seconds'] + t['calibrate_seconds'])}"
+                             if t["calibrate_seconds"] is not None and t["wallclock_seconds"] is not None else "")))
     v = s["validation"]
     if v["tokens"] is not None:
         rows.append(("validation", f"{_f(v['tokens'])} tokens, {_f(v['bytes'])} bytes ({_f(v['bytes_per_token'], 3)} bytes/token)"))

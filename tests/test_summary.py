@@ -97,3 +97,18 @@ def test_bytes_verdict_and_seed_spread(tmp_path, over):
     text = render(collect(metrics))
     assert ("OVER THE LIMIT; headroom -20,000" in text) if over else ("fits; headroom 5,000" in text)
     assert "1337, 1338, 1339" in text and "sliding 1.2100 +- 0.0100  n=3" in text and "p 0.02" in text
+
+
+def test_calibration_on_the_training_ranks_is_shown_with_the_training_time(tmp_path):
+    metrics = tmp_path / "metrics"
+    shutil.copytree(METRICS, metrics, ignore=shutil.ignore_patterns("timing", "plots"))
+    (metrics / "timing").mkdir()
+    (metrics / "timing" / "train.json").write_text(json.dumps({"wallclock_seconds": 593.0, "tokens_per_second": 1.0, "calibrate_seconds": 6.5}))
+    (metrics / "timing" / "calibrate.json").write_text(json.dumps({"calibrate_time_s": 0.1}))
+    calibrate = json.loads((metrics / "calibrate.json").read_text())
+    assert collect(metrics)["stage_seconds"]["calibrate"] == 0.1 and collect(metrics)["train"]["calibrate_seconds"] is None
+    (metrics / "calibrate.json").write_text(json.dumps({**calibrate, "collected_on": "train_ranks"}))
+    s = collect(metrics)
+    assert s["stage_seconds"]["calibrate"] == 6.5 and s["train"]["calibrate_seconds"] == 6.5
+    text = " ".join(render(s).split())  # the train row wraps
+    assert "593.0s, stopped by iterations + calibrate 6.5s = 599.5s" in text

@@ -46,7 +46,8 @@ def test_train_stage_writes_checkpoint_metrics_and_curves(shards, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == METRIC_KEYS and metrics["steps"] == 30  # nothing that changes run to run
     timing = json.loads((tmp_path / "timing" / "metrics.json").read_text())
-    assert set(timing) == {"tokens_per_second", "wallclock_seconds"} and timing["tokens_per_second"] > 0
+    assert set(timing) == {"tokens_per_second", "wallclock_seconds", "calibrate_seconds"} and timing["tokens_per_second"] > 0
+    assert timing["calibrate_seconds"] == 0.0  # calibrate.on_train_ranks off
     assert metrics["tokens_seen"] == 30 * 512
     assert result.val_loss < np.log(VOCAB) - 1.0  # learned the Markov structure well below uniform
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()

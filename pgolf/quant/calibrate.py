@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +44,27 @@ class CalibrateResult:
     groups: int
     shards: tuple[str, ...]
     calibrate_time_s: float
+    collected_on: str = "calibrate_stage"  # or "train_ranks": inside the training budget
+
+
+SAMPLING_KEYS = ("batches", "batch_seqs", "seq_len", "seed", "head_hessian")
+
+
+def sampling_of(params: CalibrateParams) -> dict:
+    """What fixes a set of Hessians besides the model and the shards: the window sampling."""
+    return {key: getattr(params, key) for key in SAMPLING_KEYS}
+
+
+def resolve_seq_len(params: CalibrateParams, checkpoint_dir: str | Path) -> CalibrateParams:
+    """`params` with seq_len filled in (when null) from the checkpoint: the length training ended
+    at (the last of train.seq_len_schedule, else train.seq_len)."""
+    if params.seq_len is not None:
+        return params
+    schedule = read_train_param(checkpoint_dir, "seq_len_schedule")
+    seq_len = schedule[-1][1] if isinstance(schedule, list) and schedule else read_train_param(checkpoint_dir, "seq_len")
+    if not isinstance(seq_len, int):
+        raise DataError(f"{checkpoint_dir}: checkpoint.json has no train seq_len; set calibrate.seq_len")
+    return params.model_copy(update={"seq_len": seq_len})
 
 
 def check_train_shards(paths: list[str | Path]) -> list[Path]:
@@ -93,9 +115,26 @@ def calibrate_hessians(model: nn.Module, train_shards: list[str | Path], params:
     return collect_hessians(model, sample_batches(shards, params), head_input(model) if params.head_hessian else None)
 
 
-def save_hessians(hs: HessianSet, out_dir: Path, shards: list[str]) -> None:
+def save_hessians(hs: HessianSet, out_dir: Path, shards: list[str], provenance: dict | None = None) -> None:
+    """hessians.safetensors, then hessians.json (layers, tokens, shards and `provenance`: the
+    sampling, where and on how many ranks they were collected; no wall-clock figure, so a seed
+    fixes the bytes)."""
     save_file({name: h.contiguous() for name, h in hs.hessians.items()}, str(out_dir / HESSIANS_FILE))
-    write_json_atomic(out_dir / LAYERS_FILE, {"layers": hs.layers, "tokens": hs.tokens, "shards": shards})
+    write_json_atomic(out_dir / LAYERS_FILE, {"layers": hs.layers, "tokens": hs.tokens, "shards": shards, **(provenance or {})})
+
+
+def train_ranks_hessians(checkpoint_dir: str | Path, params: CalibrateParams, shards: list[str]) -> tuple[dict | None, str]:
+    """(the hessians.json the train stage wrote into `checkpoint_dir`, "") when it was collected
+    with the sampling `params` (seq_len resolved) asks for on `shards`; (None, why not) otherwise."""
+    path = Path(checkpoint_dir) / LAYERS_FILE
+    if not path.is_file():
+        return None, f"{path}: not found (the checkpoint was trained with calibrate.on_train_ranks off, or by older code)"
+    info = read_json(path, "Hessians collected on the training ranks")
+    wanted = {"sampling": sampling_of(params), "shards": shards}
+    for key, value in wanted.items():
+        if info.get(key) != value:
+            return None, f"{path}: collected with {key} {info.get(key)}, the params ask for {value}"
+    return info, ""
 
 
 def load_hessians(directory: str | Path) -> HessianSet:
@@ -114,17 +153,24 @@ def load_hessians(directory: str | Path) -> HessianSet:
 def calibrate_stage(params: CalibrateParams, checkpoint_dir: str | Path, train_shards: list[str | Path], out_dir: str | Path, metrics_path: str | Path) -> CalibrateResult:
     """The `calibrate` stage: load the checkpoint, collect Hessians, write them and metrics."""
     started = time.perf_counter()
-    if params.seq_len is None:
-        seq_len = read_train_param(checkpoint_dir, "seq_len")
-        if not isinstance(seq_len, int):
-            raise DataError(f"{checkpoint_dir}: checkpoint.json has no train seq_len; set calibrate.seq_len")
-        params = params.model_copy(update={"seq_len": seq_len})
-    model = load_model(checkpoint_dir)
-    hs = calibrate_hessians(model, train_shards, params)
-    names = [Path(p).name for p in train_shards]
-    with atomic_dir(out_dir) as tmp:
-        save_hessians(hs, tmp, names)
-    result = CalibrateResult(hs.tokens, params.batches, params.seq_len, len(hs.layers), len(hs.hessians), tuple(names), time.perf_counter() - started)
+    params = resolve_seq_len(params, checkpoint_dir)
+    names = [p.name for p in check_train_shards(train_shards)]
+    found, why = train_ranks_hessians(checkpoint_dir, params, names) if params.on_train_ranks else (None, "")
+    if found is not None:
+        with atomic_dir(out_dir) as tmp:
+            for name in (HESSIANS_FILE, LAYERS_FILE):
+                shutil.copyfile(Path(checkpoint_dir) / name, tmp / name)
+        hs = load_hessians(out_dir)
+        result = CalibrateResult(hs.tokens, params.batches, params.seq_len, len(hs.layers), len(hs.hessians), tuple(names), time.perf_counter() - started, "train_ranks")
+        log.info("Hessians collected on %d training rank(s) right after the loop (their seconds: calibrate_seconds in the train timing)", found["world_size"])
+    else:
+        if params.on_train_ranks:
+            log.warning("%s: collecting them here, outside the training budget", why)
+        model = load_model(checkpoint_dir)
+        hs = calibrate_hessians(model, train_shards, params)
+        with atomic_dir(out_dir) as tmp:
+            save_hessians(hs, tmp, names, {"sampling": sampling_of(params), "collected_on": "calibrate_stage", "world_size": 1})
+        result = CalibrateResult(hs.tokens, params.batches, params.seq_len, len(hs.layers), len(hs.hessians), tuple(names), time.perf_counter() - started)
     metrics = {k: v for k, v in result.__dict__.items() if k != "calibrate_time_s"} | {"shards": names}
     write_metrics(metrics_path, metrics, {"calibrate_time_s": result.calibrate_time_s})
     log.info("tokens: %d layers: %d groups: %d calibrate_time_s: %.1f", result.tokens, result.layers, result.groups, result.calibrate_time_s)

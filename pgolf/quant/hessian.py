@@ -9,7 +9,7 @@ that received the *same* inputs (q/k/v of one attention block) are stored as one
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 class HessianAccumulator:
     """Running ``sum X^T X`` (float64) over rows of inputs with `features` columns."""
 
-    def __init__(self, features: int) -> None:
-        self.h = torch.zeros(features, features, dtype=torch.float64)
+    def __init__(self, features: int, device: torch.device | str = "cpu") -> None:
+        self.h = torch.zeros(features, features, dtype=torch.float64, device=device)
         self.rows = 0
 
     def add_batch(self, x: torch.Tensor) -> None:
@@ -72,7 +72,12 @@ def group_identical(accumulators: dict[str, HessianAccumulator]) -> dict[str, st
 
 
 @torch.no_grad()
-def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor], outputs: Mapping[str, nn.Module] | None = None) -> HessianSet:
+def collect_hessians(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    outputs: Mapping[str, nn.Module] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> HessianSet:
     """Run `batches` (LongTensor [B, T] each) through `model` and accumulate each layer's H.
 
     Every call of a layer adds its input, so a layer applied several times per forward (depth
@@ -81,7 +86,9 @@ def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor], outputs:
     whose final H are identical (q/k/v of one attention block, gate/up of an MLP) are stored once,
     as one group named after the first of them to run. `outputs` maps a weight name to the module
     whose *output* that weight multiplies (a tied output head: the final norm), for weights that
-    are not an nn.Linear's.
+    are not an nn.Linear's. `reduce` (a sum over ranks, when each rank ran a share of the batches)
+    is applied to every accumulated H and to the row and token counts before layers are grouped;
+    every rank must then have run at least one batch. The Hessians returned are on the CPU.
     """
     layers = linear_layers(model)
     accumulators: dict[str, HessianAccumulator] = {}
@@ -94,7 +101,7 @@ def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor], outputs:
             hit = (x, (rows.T @ rows).double(), rows.shape[0])  # keeps x alive: ids stay unique
             products[id(x)] = hit
         if weight not in accumulators:
-            accumulators[weight] = HessianAccumulator(x.shape[-1])
+            accumulators[weight] = HessianAccumulator(x.shape[-1], x.device)
         accumulators[weight].add_product(hit[1], hit[2])
 
     handles = [mod.register_forward_pre_hook(lambda _m, args, w=f"{name}.weight": add(w, args[0])) for name, mod in layers.items()]
@@ -111,7 +118,12 @@ def collect_hessians(model: nn.Module, batches: Iterable[torch.Tensor], outputs:
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    if reduce is not None:
+        device = next(iter(accumulators.values())).h.device if accumulators else torch.device("cpu")
+        for acc in accumulators.values():
+            acc.h, acc.rows = reduce(acc.h), int(reduce(torch.tensor([acc.rows], dtype=torch.float64, device=device)).item())
+        tokens = int(reduce(torch.tensor([tokens], dtype=torch.float64, device=device)).item())
     weight_group = group_identical(accumulators)
-    hessians = {group: accumulators[group].h.float() for group in dict.fromkeys(weight_group.values())}
+    hessians = {group: accumulators[group].h.float().cpu() for group in dict.fromkeys(weight_group.values())}
     log.info("hessians: %d layers, %d groups, tokens: %d", len(weight_group), len(hessians), tokens)
     return HessianSet(hessians=hessians, layers=weight_group, tokens=tokens)

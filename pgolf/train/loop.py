@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from pgolf.config.calibrate import CalibrateParams
 from pgolf.config.train import ModelParams, TrainParams
 from pgolf.data.shards import list_shards
 from pgolf.dist import DistInfo, average_gradients, barrier, broadcast_params, sum_over_ranks
@@ -45,6 +46,7 @@ from pgolf.model.checkpoint import read_weights
 from pgolf.optim import build_optimizers, set_schedule
 from pgolf.train import checkpoint as ckpt
 from pgolf.train import guards
+from pgolf.train.calibration import check_calibration, collect_on_ranks, save_rank_hessians
 from pgolf.train.curves import Curves
 from pgolf.train.data import Batch, StreamPosition, TokenStream, validation_tokens
 from pgolf.train.ema import EMA
@@ -79,8 +81,9 @@ class TrainResult:
     params_count: int
     stopped_by: str  # "iterations" | "wallclock"
     resumed_from_step: int
+    calibrate_seconds: float = 0.0  # GPTQ calibration on the training ranks after the loop (calibrate.on_train_ranks)
 
-    TIMING = ("tokens_per_second", "wallclock_seconds")  # change run to run: kept apart from the metrics
+    TIMING = ("tokens_per_second", "wallclock_seconds", "calibrate_seconds")  # change run to run: kept apart from the metrics
 
     def metrics(self) -> dict[str, float | int | str]:
         """What a seed fixes (metrics/train.json)."""
@@ -115,8 +118,13 @@ def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContex
 class Trainer:
     """State of one run on one rank. `run()` trains and returns the result."""
 
-    def __init__(self, params: TrainParams, shards_dir: Path, out_dir: Path, info: DistInfo, live_dir: Path | None) -> None:
+    def __init__(
+        self, params: TrainParams, shards_dir: Path, out_dir: Path, info: DistInfo, live_dir: Path | None, calibration: CalibrateParams | None = None
+    ) -> None:
         self.params, self.info, self.out_dir = params, info, out_dir
+        self.shards_dir, self.calibration = shards_dir, calibration
+        if calibration is not None:
+            check_calibration(calibration, shards_dir, info.world_size)
         config = resolve_model_config(params.model, shards_dir)
         train_paths, val_paths = list_shards(shards_dir, "train"), list_shards(shards_dir, "val")
         torch.manual_seed(params.seed)
@@ -311,6 +319,10 @@ class Trainer:
         raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.ema is not None:
             self.model.load_state_dict(self.ema.state_dict(), strict=True)
+        hessians, calibrate_seconds = None, 0.0
+        if self.calibration is not None:  # right after the loop, on the weights that get quantized
+            hessians, calibrate_seconds = collect_on_ranks(self.model, self.shards_dir, self.calibration, p.final_seq_len, info, self.autocast)
+            log.info(f"train + calibration: {self.train_seconds:.1f} + {calibrate_seconds:.1f} = {self.train_seconds + calibrate_seconds:.1f} s")
         val = self.validate()
         failure = guards.final_validation(val, self.vocab_size, p.final_val_ceiling)
         if failure:
@@ -326,6 +338,8 @@ class Trainer:
                 f"train.final_val_ceiling: 0, {accept})"
             )
         self._save(self.out_dir / CHECKPOINT_SUBDIR, raw, resumable=False)
+        if hessians is not None and info.is_main:
+            save_rank_hessians(hessians, self.out_dir / CHECKPOINT_SUBDIR, self.shards_dir, self.calibration, p.final_seq_len, info.world_size)
         if info.is_main and self.resume_dir.exists():
             shutil.rmtree(self.resume_dir)
         return TrainResult(
@@ -338,9 +352,14 @@ class Trainer:
             params_count=params_count,
             stopped_by=stopped_by,
             resumed_from_step=self.start_step,
+            calibrate_seconds=calibrate_seconds,
         )
 
 
-def train(params: TrainParams, shards_dir: Path, out_dir: Path, info: DistInfo, live_dir: Path | None = None) -> TrainResult:
-    """Train per `params` on the shards in `shards_dir`; the final checkpoint goes to `out_dir/checkpoint`."""
-    return Trainer(params, Path(shards_dir), Path(out_dir), info, live_dir).run()
+def train(
+    params: TrainParams, shards_dir: Path, out_dir: Path, info: DistInfo, live_dir: Path | None = None, calibration: CalibrateParams | None = None
+) -> TrainResult:
+    """Train per `params` on the shards in `shards_dir`; the final checkpoint goes to `out_dir/checkpoint`.
+    With `calibration`, GPTQ Hessians are collected on the ranks right after the loop and written
+    into the checkpoint directory (pgolf/train/calibration.py)."""
+    return Trainer(params, Path(shards_dir), Path(out_dir), info, live_dir, calibration).run()

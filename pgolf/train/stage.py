@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pgolf.config.calibrate import CalibrateParams
 from pgolf.config.train import TrainParams
 from pgolf.dist import (
     init_dist,
@@ -45,9 +46,12 @@ def run_train_stage(
     metrics: Path = DEFAULT_METRICS,
     live: Path | None = DEFAULT_LIVE,
     argv: list[str] | None = None,
+    calibration: CalibrateParams | None = None,
 ) -> TrainResult | None:
     """Run the stage. In this process, or (nproc > 1, not yet under torchrun) in `nproc` workers
-    that torchrun starts with `argv` (the script and its arguments), waiting for them.
+    that torchrun starts with `argv` (the script and its arguments), waiting for them. With
+    `calibration` whose on_train_ranks is on, GPTQ Hessians are collected on the training ranks
+    right after the loop and written into the checkpoint (pgolf/train/calibration.py).
 
     Returns the result (read back from `metrics` after torchrun), None on ranks other than 0.
     KeyboardInterrupt when stopped, after the resumable checkpoint is saved.
@@ -60,11 +64,11 @@ def run_train_stage(
     with watch_parent():
         if launched_by_torchrun():
             with worker_stops_quietly():
-                return _train_here(params, shards, out, metrics, live)
-        return _train_here(params, shards, out, metrics, live)
+                return _train_here(params, shards, out, metrics, live, calibration)
+        return _train_here(params, shards, out, metrics, live, calibration)
 
 
-def _train_here(params: TrainParams, shards: Path, out: Path, metrics: Path, live: Path | None) -> TrainResult | None:
+def _train_here(params: TrainParams, shards: Path, out: Path, metrics: Path, live: Path | None, calibration: CalibrateParams | None) -> TrainResult | None:
     import torch
 
     from pgolf.train.loop import train
@@ -76,7 +80,7 @@ def _train_here(params: TrainParams, shards: Path, out: Path, metrics: Path, liv
         logging.getLogger("pgolf").setLevel(logging.WARNING)
     log.info(f"device: {info.device} world_size: {info.world_size}")
     try:
-        result = train(params, shards, out, info, live)
+        result = train(params, shards, out, info, live, calibration if calibration is not None and calibration.on_train_ranks else None)
         if info.is_main:
             write_metrics(metrics, result.metrics(), result.timing())
             log.info(f"val_loss: {result.val_loss:.4f} steps: {result.steps} wallclock_seconds: {result.wallclock_seconds:.1f}")
@@ -101,13 +105,14 @@ def _train_command(args: argparse.Namespace) -> int:
     from pgolf.config.base import load_section_as
 
     params = load_section_as(TrainParams, "train", args.params)
+    calibration = load_section_as(CalibrateParams, "calibrate", args.params)
     argv = ["-m", "pgolf", *sys.argv[1:]]
-    run_train_stage(params, Path(args.shards), Path(args.out), Path(args.metrics), Path(args.live) if args.live else None, argv)
+    run_train_stage(params, Path(args.shards), Path(args.out), Path(args.metrics), Path(args.live) if args.live else None, argv, calibration)
     return 0
 
 
 def add_train_command(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("train", help="train the model per the `train` params (the DVC train stage)")
+    parser = sub.add_parser("train", help="train the model per the `train` params (the DVC train stage; with calibrate.on_train_ranks also the GPTQ Hessians)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--shards", default=str(DEFAULT_SHARDS))
     parser.add_argument("--out", default=str(DEFAULT_OUT))
