@@ -10,7 +10,7 @@ from torch import nn
 
 from pgolf.config.quantize import QuantizeParams
 from pgolf.quant.apply import quantize_state
-from pgolf.quant.gptq import act_order_permutation, gptq, inverse_permutation, relative_output_error
+from pgolf.quant.gptq import act_order_permutation, damped_cholesky, gptq, inverse_permutation, relative_output_error, upper_cholesky_of_inverse
 from pgolf.quant.groups import tensor_group, unique_tensors
 from pgolf.quant.hessian import HessianAccumulator, collect_hessians
 from pgolf.quant.rtn import clip_search_scale, dequantize, qmax_for_bits, quantize, rtn, std_scale
@@ -184,3 +184,17 @@ def test_quantize_state_with_clip_search_and_rtn():
     for qt in clip.quantized.values():
         assert int(qt.q.abs().max()) <= qmax_for_bits(qt.bits)
     assert {r["name"] for r in clip.report} == {r["name"] for r in plain.report}
+
+
+def test_damping_rises_until_the_hessian_factors_and_both_factors_agree():
+    """A rank-1 H with no damping is singular: the shared retry raises the damping until it
+    factors; the lower factor and the inverse's upper factor describe the same damped matrix."""
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    h = x.T @ x
+    lower = damped_cholesky(h, 0.0)
+    upper = upper_cholesky_of_inverse(h, 0.0).double()
+    damped = lower @ lower.T
+    assert torch.allclose(torch.linalg.inv(upper.T @ upper), damped, rtol=1e-4)
+    assert float((damped - h.double()).diagonal().min()) > 0  # damping was added
+    with pytest.raises(ValueError, match="not positive definite"):
+        damped_cholesky(torch.full((2, 2), float("nan")), 0.01)

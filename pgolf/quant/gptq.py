@@ -10,6 +10,8 @@ The per-row scale is fixed before the sweep, so the result is an integer matrix 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from pgolf.quant.rtn import quantize
@@ -29,23 +31,42 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     return inv
 
 
-def upper_cholesky_of_inverse(h: torch.Tensor, damp_frac: float) -> torch.Tensor:
-    """Upper Cholesky factor of ``(H + damp*I)^-1``, damp = damp_frac * mean diag(H).
-
-    If H is not positive definite after damping, the damping is raised tenfold (a few times)."""
+def damped_factor(h: torch.Tensor, damp_frac: float, factor: Callable[[torch.Tensor], torch.Tensor | None]) -> torch.Tensor:
+    """`factor(H + damp*I)` (float64), damp = damp_frac * mean diag(H), the damping raised tenfold
+    (a few times) while `factor` returns None (H, or what it derives from H, not positive definite)."""
     h = h.double()
     mean_diag = torch.diagonal(h).mean().clamp(min=1e-12)
     eye = torch.eye(h.shape[0], dtype=h.dtype)
     frac = damp_frac
     for _ in range(MAX_DAMP_RETRIES):
-        lower, info = torch.linalg.cholesky_ex(h + frac * mean_diag * eye)
-        if int(info) == 0:
-            h_inv = torch.cholesky_inverse(lower)
-            upper, info = torch.linalg.cholesky_ex(h_inv, upper=True)
-            if int(info) == 0:
-                return upper.float()
+        out = factor(h + frac * mean_diag * eye)
+        if out is not None:
+            return out
         frac = max(frac * 10.0, 1e-6)
     raise ValueError(f"Hessian is not positive definite even with damping {frac:g} x mean diag")
+
+
+def damped_cholesky(h: torch.Tensor, damp_frac: float) -> torch.Tensor:
+    """Lower L with L L^T = H + damp * I (float64); see `damped_factor`."""
+    return damped_factor(h, damp_frac, _cholesky)
+
+
+def upper_cholesky_of_inverse(h: torch.Tensor, damp_frac: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + damp*I)^-1`` (float32); see `damped_factor`."""
+    return damped_factor(h, damp_frac, _upper_cholesky_of_inverse).float()
+
+
+def _cholesky(m: torch.Tensor) -> torch.Tensor | None:
+    lower, info = torch.linalg.cholesky_ex(m)
+    return lower if int(info) == 0 else None
+
+
+def _upper_cholesky_of_inverse(m: torch.Tensor) -> torch.Tensor | None:
+    lower = _cholesky(m)
+    if lower is None:
+        return None
+    upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+    return upper if int(info) == 0 else None
 
 
 def gptq(

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from pgolf.quant.gptq import MAX_DAMP_RETRIES
+from pgolf.quant.gptq import damped_cholesky
 from pgolf.quant.lowrank import NAME, dequantize_factor, group_index
 from pgolf.quant.rtn import as_fp16_scale, qmax_for_bits, quantize
 
@@ -25,21 +25,6 @@ def top_by_residual(norms: Mapping[str, float], top: int) -> set[str]:
     """Names of the `top` largest residual norms (ties in name order); every name when top is 0."""
     ranked = sorted(norms, key=lambda name: (-norms[name], name))
     return set(ranked if top == 0 else ranked[:top])
-
-
-def damped_cholesky(h: Tensor, damp_frac: float) -> Tensor:
-    """Lower L with L L^T = H + damp * I (float64), damp = damp_frac * mean diag(H), raised tenfold
-    while H is not positive definite."""
-    h = h.double()
-    mean_diag = torch.diagonal(h).mean().clamp(min=1e-12)
-    eye = torch.eye(h.shape[0], dtype=torch.float64)
-    frac = damp_frac
-    for _ in range(MAX_DAMP_RETRIES):
-        lower, info = torch.linalg.cholesky_ex(h + frac * mean_diag * eye)
-        if int(info) == 0:
-            return lower
-        frac = max(frac * 10.0, 1e-6)
-    raise ValueError(f"Hessian is not positive definite even with damping {frac:g} x mean diag")
 
 
 def truncated_factors(e: Tensor, rank: int, h: Tensor | None = None, damp_frac: float = 0.01) -> tuple[Tensor, Tensor]:
