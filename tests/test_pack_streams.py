@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pgolf.config.model import ModelParams
 from pgolf.config.pack import PackParams
 from pgolf.config.quantize import QuantizeParams
 from pgolf.errors import ArtifactError
@@ -19,6 +20,7 @@ from pgolf.pack.artifact import parse_artifact
 from pgolf.pack.cluster_fit import fit_classes
 from pgolf.pack.entropy import order0_entropy_bits
 from pgolf.pack.load import artifact_from_parsed
+from pgolf.pack.modelconfig import compact_model_config, expand_model_config
 from pgolf.pack.pack import pack_model
 from pgolf.pack.rowrefs import dereference, reference
 from pgolf.pack.runs import decode_runs, encode_runs
@@ -138,11 +140,12 @@ def test_entropy_bound_counts_group_entropy_and_side_bytes():
 
 
 # Packed model bytes at these scales: ~41 KB (the tiny profile's shape), ~270 KB (the default
-# run's), ~1.4 MB. Prefix and header are ~780 bytes whatever the scale: the full model config
-# (~335 compressed bytes), the tokenizer hash and the tensor table, so at the tiny profile's
-# size the container is ~1.9 % and under 0.5 % from ~160 KB of model bytes on.
+# run's), ~1.4 MB. Prefix and header are ~540 bytes whatever the scale: the model config's
+# differences from the defaults (~65 compressed bytes), the tokenizer hash, the stream table (a
+# CRC-32 each) and the tensor table (~320), so at the tiny profile's size the container is ~1.3 %
+# and under 0.5 % from ~110 KB of model bytes on.
 SCALES = [
-    ({"vocab_size": 384, "layers": 2, "width": 64, "heads": 2, "kv_heads": 1}, 0.02),
+    ({"vocab_size": 384, "layers": 2, "width": 64, "heads": 2, "kv_heads": 1}, 0.014),
     ({"vocab_size": 1024, "layers": 4, "width": 128, "heads": 4, "kv_heads": 2}, 0.005),
     ({"vocab_size": 2048, "layers": 6, "width": 256, "heads": 4, "kv_heads": 2}, 0.005),
 ]
@@ -210,3 +213,15 @@ def test_row_references_find_near_duplicate_rows_and_round_trip():
     assert torch.equal(artifact_from_parsed(parsed).tensors["emb.weight"], qm.state_dict()["emb.weight"])
     iid = pack_model(noisy_quantized(TINY), PackParams(compressor="ans", row_refs=True, reference_brotli=False))
     assert not [e for e in parse_artifact(iid.data).header.tensors if e.role == "refs"]  # nothing to gain: none stored
+
+
+def test_the_header_stores_the_model_config_as_differences_from_the_defaults_under_a_crc(tiny_qm):
+    packed = pack_model(tiny_qm, PackParams(compressor="ans", reference_brotli=False))
+    header = parse_artifact(packed.data).header
+    assert header.model_config_ == {k: v for k, v in TINY.items()} and header.model_config_crc32 is not None
+    assert artifact_from_parsed(parse_artifact(packed.data)).model_config == tiny_qm.model_config | ModelParams.model_validate(TINY).model_dump(mode="json")
+    full = ModelParams.model_validate(TINY).model_dump(mode="json")
+    assert expand_model_config(*compact_model_config(full)) == full
+    with pytest.raises(ArtifactError, match="CRC-32 does not match"):
+        expand_model_config({**header.model_config_, "layers": 3}, header.model_config_crc32)
+    assert compact_model_config({"layers": "many"}) == ({"layers": "many"}, None)  # stored whole; building it fails later

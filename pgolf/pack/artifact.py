@@ -17,7 +17,7 @@ Layout (all integers little-endian)::
 Header JSON: ``format`` ("pgolf-artifact"), ``model_config`` (object: rebuilds the model with
 ``pgolf.model.build_model``; with ``model_config_crc32`` set it lists only the fields that differ
 from `ModelParams`' defaults, and the loader fills those in and checks the CRC-32 of the whole
-config, see `pgolf.pack.modelconfig`), ``meta`` (free-form provenance), ``aliases`` (tied weight
+config, see `pgolf.pack.modelconfig`; the pack stage always writes it so), ``meta`` (free-form provenance), ``aliases`` (tied weight
 name -> stored tensor name), ``streams`` and ``tensors``.
 
 ``streams``: one entry per blob: ``coder`` (symbol streams: ans | a codec of

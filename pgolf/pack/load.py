@@ -18,6 +18,7 @@ from pgolf.pack.artifact import ParsedArtifact, StreamEntry, TensorEntry, parse_
 from pgolf.pack.codecs import decompress, unshuffle_bytes
 from pgolf.pack.rowrefs import dereference
 from pgolf.pack.runs import decode_runs
+from pgolf.pack.modelconfig import expand_model_config
 from pgolf.model import build_model
 from pgolf.quant.scheme import QuantizedTensor
 
@@ -151,7 +152,8 @@ def artifact_from_parsed(parsed: ParsedArtifact) -> Artifact:
     decoded = decode_tensors(parsed)
     meta = dict(parsed.header.meta)
     meta["file_bytes"] = parsed.file_bytes
-    return Artifact(model_config=dict(parsed.header.model_config_), tensors=dequantized_state(parsed, decoded), metadata=meta)
+    config = expand_model_config(parsed.header.model_config_, parsed.header.model_config_crc32)
+    return Artifact(model_config=config, tensors=dequantized_state(parsed, decoded), metadata=meta)
 
 
 def model_from_artifact(artifact: Artifact, path: str | Path) -> torch.nn.Module:

@@ -35,6 +35,7 @@ from pgolf.pack.cluster_fit import fit_classes
 from pgolf.pack.code_bytes import measure_code_bytes
 from pgolf.pack.codecs import SYMBOL_CODERS, compress, shuffle_bytes
 from pgolf.pack.entropy import order0_entropy_bits
+from pgolf.pack.modelconfig import compact_model_config
 from pgolf.pack.reference_fit import fit_references
 from pgolf.pack.rowrefs import reference
 from pgolf.pack.runs import BLOB_HEAD, encode_runs
@@ -172,7 +173,8 @@ def pack_model(qm: QuantizedModel, params: PackParams, meta: dict | None = None)
             entries.append({**entry, "stream": index})
             key = (qm.quantized[entry["name"]].group if entry["name"] in qm.quantized else "passthrough", entry["role"])
             side_share[key] = side_share.get(key, 0.0) + len(blob) * len(tensor_bytes(tensor)) / max(len(raw), 1)
-    data = encode_artifact(qm.model_config, meta or {}, dict(qm.aliases), streams, entries, blobs)
+    config, config_crc32 = compact_model_config(qm.model_config)
+    data = encode_artifact(config, meta or {}, dict(qm.aliases), streams, entries, blobs, config_crc32)
     bytes_symbols = sum(a["bytes"] for a in accounts)
     bound = entropy_bound(qm)
     groups = group_accounting(qm, accounts, side_share, params.reference_brotli)
