@@ -12,7 +12,8 @@ from pgolf.config.eval import EvalTTTParams
 from pgolf.errors import ParamsError
 from pgolf.eval.bpb import ValStream, stream_from_tokens, token_nll
 from pgolf.eval.legality import check_legality, perturb_from
-from pgolf.eval.ttt import TTTOutcome, TTTRunner, document_chunks, make_adapter, run_ttt
+from pgolf.eval.methods import ttt_probe
+from pgolf.eval.ttt import TTTOutcome, TTTRunner, document_chunks, run_ttt
 
 torch.set_num_threads(1)
 
@@ -89,7 +90,7 @@ def test_the_model_given_is_not_modified() -> None:
 
 
 def runner_of(model, p: EvalTTTParams, runner_class=TTTRunner):
-    return lambda s: runner_class(make_adapter(model, p), s, p).run()
+    return ttt_probe(model, p, runner_class)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +120,7 @@ def test_legality_check_fails_when_adapting_before_scoring() -> None:
     model, stream = TinyCausalLM(), random_stream(LENGTHS, seed=8)
     report = check_legality(runner_of(model, params(), AdaptThenScore), stream, VOCAB, cuts=4, seed=0)
     assert not report.passed
-    assert not report.c3_score_before_update and report.c3_early_training_tokens > 0
+    assert not report.c3_score_before_update and report.c3_early_update_tokens > 0
     assert not report.c1_causal
     assert report.c2_normalized and report.c4_scored_once
 

@@ -1,7 +1,8 @@
-"""Params sections of the evaluation stages: `eval_sliding`, `eval_ttt` (and `plain` for the CLI).
+"""Params sections of the evaluation stages: `eval_sliding`, `eval_ttt` (and `plain`, `tilt` for the CLI).
 
 Defaults suit the default small model (trained at seq_len 256) on a 2-core CPU; the values of
-the public records are given in descriptions as "records: ...".
+the public records are given in descriptions as "records: ...". Every method runs the legality
+check (pgolf/eval/legality.py) on a prefix of the stream: `legality_*` keys size it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ class EvalPlainParams(Section):
 
     seq_len: int = Field(256, ge=1, le=65536, description="tokens of context per window; windows do not overlap (official: 1024)")
     batch_size: int = Field(32, ge=1, le=65536, description="windows per forward pass")
+    legality_tokens: int = Field(4096, ge=16, le=1_000_000, description="the legality check reruns the method on the first N validation tokens (several documents)")
+    legality_cuts: int = Field(4, ge=1, le=64, description="positions t spread over that prefix at which tokens >= t are perturbed for check C1")
+    legality_samples: int = Field(64, ge=1, le=65536, description="positions whose scored distribution is materialized over the vocabulary for check C2")
 
 
 class EvalSlidingParams(Section):
@@ -28,6 +32,9 @@ class EvalSlidingParams(Section):
     stride: int = Field(128, ge=1, le=65536, description="tokens between window starts, the tokens each later window scores (records: 64)")
     batch_size: int = Field(32, ge=1, le=65536, description="windows per forward pass")
     doc_bounded: bool = Field(False, description="true: the context never reaches back past the BOS of the token's document (windows restart at each document)")
+    legality_tokens: int = Field(4096, ge=16, le=1_000_000, description="the legality check reruns the method on the first N validation tokens (several documents)")
+    legality_cuts: int = Field(4, ge=1, le=64, description="positions t spread over that prefix at which tokens >= t are perturbed for check C1")
+    legality_samples: int = Field(64, ge=1, le=65536, description="positions whose scored distribution is materialized over the vocabulary for check C2")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> EvalSlidingParams:
@@ -53,8 +60,8 @@ class EvalTTTParams(Section):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="lora: Adam beta1")
     beta2: float = Field(0.999, ge=0.0, lt=1.0, description="lora: Adam beta2")
     seed: int = Field(0, ge=0, description="seed of the LoRA A matrices and of the legality check's perturbations")
-    legality_tokens: int = Field(1024, ge=16, le=1_000_000, description="the legality check reruns TTT on the first N validation tokens")
-    legality_cuts: int = Field(2, ge=1, le=64, description="positions t at which tokens >= t are perturbed for check C1")
+    legality_tokens: int = Field(4096, ge=16, le=1_000_000, description="the legality check reruns TTT on the first N validation tokens (several documents)")
+    legality_cuts: int = Field(4, ge=1, le=64, description="positions t spread over that prefix, each inside a chunk, at which tokens >= t are perturbed for check C1")
 
     @field_validator("lora_targets")
     @classmethod
@@ -72,3 +79,13 @@ class EvalTTTParams(Section):
         if self.adapter == "sgd" and self.batch_docs != 1:
             raise ValueError(f"batch_docs must be 1 when adapter is sgd (lanes would share weights across documents), got {self.batch_docs}")
         return self
+
+
+class EvalTiltParams(EvalSlidingParams):
+    """`tilt`: sliding windows whose scores are tilted towards the causal n-gram hint (PR #1145 lineage, #2135)."""
+
+    order: int = Field(8, ge=1, le=64, description="tokens of context the n-gram counts are keyed on (records: 8-16)")
+    buckets: int = Field(1 << 22, ge=1, le=1 << 32, description="hash buckets of the contexts; colliding contexts share counts (records: 2^22-2^26)")
+    min_count: int = Field(3, ge=1, le=1_000_000, description="a hint needs its continuation seen at least this often in its context (records: 2-3)")
+    min_share: float = Field(0.7, ge=0.0, le=1.0, description="a hint needs its continuation to hold at least this share of its context's count (records: 0.5-0.7)")
+    beta: float = Field(2.0, ge=0.0, le=20.0, description="log of the boost of the hinted token before renormalizing; 0 reproduces sliding exactly (records: 2.0)")

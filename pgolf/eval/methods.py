@@ -5,6 +5,8 @@ A method gives its params model and one function `evaluate(model, stream, params
 `MethodOutcome`: the reported result, extra metrics, and the bpb its quantization gap is measured
 on; `gap_score` scores the float checkpoint the same way. Adding a method is one module with its
 `evaluate` plus its params section and one entry here (the stage is dvc.yaml's `eval` foreach).
+Every method runs the legality check C1-C4 (`pgolf.eval.legality`) on a prefix before its real
+run and C3/C4 over its real run; a failure raises LegalityError, and the report is `extra["legality"]`.
 """
 
 from __future__ import annotations
@@ -14,17 +16,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from pgolf.config.base import Section
-from pgolf.config.eval import EvalPlainParams, EvalSlidingParams, EvalTTTParams
+from pgolf.config.eval import EvalPlainParams, EvalSlidingParams, EvalTiltParams, EvalTTTParams
 from pgolf.eval.bpb import EvalResult, ValStream
-from pgolf.eval.legality import LegalityError, check_legality
-from pgolf.eval.plain import evaluate_plain
-from pgolf.eval.sliding import evaluate_sliding
-from pgolf.eval.ttt import TTTRunner, make_adapter, run_ttt
+from pgolf.eval.legality import (LegalityReport, ProbeRun, ScoreLog, check_legality, require_legal, sample_positions,
+                                 with_full_stream)
+from pgolf.eval.plain import evaluate_plain, plain_windows
+from pgolf.eval.sliding import evaluate_sliding, segments, sliding_windows
+from pgolf.eval.tilt import evaluate_tilt, tilt_probe
+from pgolf.eval.ttt import TTTRunner, document_chunks, make_adapter, run_ttt
+from pgolf.eval.windows import Window, evaluate_windows, run_windows
 
 log = logging.getLogger(__name__)
+
+LEGALITY_SEED = 0  # perturbations and probe ids of the window methods' legality check (TTT uses its own seed)
 
 
 @dataclass(frozen=True)
@@ -45,53 +53,128 @@ class EvalMethod:
     gap_label: str = ""  # how report rows name that score when it is not val_bpb
 
 
+def vocab_of(model: nn.Module, stream: ValStream) -> int:
+    return model.config.vocab_size if hasattr(model, "config") else int(stream.tokens.max()) + 1
+
+
+def spans_of(windows: list[Window]) -> list[tuple[int, int]]:
+    """The scored targets (first, last) of each window or chunk: where the legality check places its cuts."""
+    return [(w.score_from, w.stop) for w in windows]
+
+
+def window_probe(model: nn.Module, windows_of: Callable[[ValStream], list[Window]], batch_size: int, samples: int,
+                 vocab_size: int, seed: int = LEGALITY_SEED) -> Callable[[ValStream], ProbeRun]:
+    """The legality check's run of a window method: log p of a seeded random id at every position (C1's
+    fingerprint of the distribution at t), softmaxes materialized at sampled positions (C2), counts (C4)."""
+
+    def run(stream: ValStream) -> ProbeRun:
+        rng = np.random.default_rng(seed)  # the same probe ids in every run
+        probe = rng.integers(0, vocab_size, size=(stream.num_tokens, 1))
+        score_log = ScoreLog(stream.num_tokens, sample_positions(stream.num_tokens, samples, rng))
+        scores = run_windows(model, stream, windows_of(stream), batch_size, probe, score_log)
+        return score_log.probe_run(scores.nll, 0, scores.gathered[:, 0])
+
+    return run
+
+
+def windows_legality(model: nn.Module, stream: ValStream, params: EvalPlainParams | EvalSlidingParams,
+                     windows_of: Callable[[ValStream], list[Window]], name: str) -> LegalityReport:
+    """C1-C4 of a window method on the first params.legality_tokens tokens; LegalityError when one fails."""
+    prefix = stream.prefix(params.legality_tokens)
+    run = window_probe(model, windows_of, params.batch_size, params.legality_samples, vocab_of(model, stream))
+    report = check_legality(run, prefix, vocab_of(model, stream), params.legality_cuts, LEGALITY_SEED, name, spans_of(windows_of(prefix)))
+    require_legal(report)
+    return report
+
+
+def _windows_method(model: nn.Module, stream: ValStream, params: EvalPlainParams | EvalSlidingParams,
+                    windows_of: Callable[[ValStream], list[Window]], name: str) -> MethodOutcome:
+    """Legality check first (fails fast), then the real run, whose scored positions are counted (full-stream C4)."""
+    report = windows_legality(model, stream, params, windows_of, name)
+    windows = windows_of(stream)
+    log.info("%s windows: %d", name, len(windows))
+    counter = ScoreLog(stream.num_tokens, np.zeros(0, dtype=np.int64))
+    result = evaluate_windows(model, stream, windows, params.batch_size, counter)[0]
+    legality = require_legal(with_full_stream(report, stream, counter.counts, 0))
+    return MethodOutcome(result, result.val_bpb, {"legality": legality})
+
+
 def _plain(model: nn.Module, stream: ValStream, params: EvalPlainParams) -> MethodOutcome:
-    result = evaluate_plain(model, stream, params)[0]
-    return MethodOutcome(result, result.val_bpb)
+    return _windows_method(model, stream, params, lambda s: plain_windows(s, params.seq_len), "plain")
 
 
 def _sliding(model: nn.Module, stream: ValStream, params: EvalSlidingParams) -> MethodOutcome:
-    result = evaluate_sliding(model, stream, params)[0]
-    return MethodOutcome(result, result.val_bpb)
+    return _windows_method(model, stream, params, lambda s: sliding_windows(s, params.window, params.stride, params.doc_bounded), "sliding")
 
 
-def ttt_legality(model: nn.Module, stream: ValStream, params: EvalTTTParams) -> dict[str, Any]:
-    """C1-C4 on the first params.legality_tokens tokens; LegalityError names every failed check."""
-    vocab = model.config.vocab_size if hasattr(model, "config") else int(stream.tokens.max()) + 1
-    report = check_legality(
-        lambda s: TTTRunner(make_adapter(model, params), s, params).run(),
-        stream.prefix(params.legality_tokens),
-        vocab,
-        params.legality_cuts,
-        params.seed,
-    )
-    if not report.passed:
-        raise LegalityError(f"TTT legality check failed: {', '.join(report.failures())} ({report.to_dict()})")
-    return report.to_dict()
+def ttt_probe(model: nn.Module, params: EvalTTTParams, runner: type[TTTRunner] = TTTRunner) -> Callable[[ValStream], ProbeRun]:
+    """The legality check's run of TTT: its ledger (every scored distribution's mass, updates before scores, counts)."""
+
+    def run(stream: ValStream) -> ProbeRun:
+        out = runner(make_adapter(model, params), stream, params).run()
+        counts = out.ledger.score_counts
+        return ProbeRun(out.nll, counts, int(counts.sum()), out.ledger.max_abs_log_mass, 0.0, out.ledger.early_training_tokens)
+
+    return run
+
+
+def ttt_chunks(stream: ValStream, params: EvalTTTParams) -> list[Window]:
+    return [w for b, e in segments(stream, doc_bounded=True) for w in document_chunks(b, e, params.chunk_tokens, params.window)]
+
+
+def ttt_legality(model: nn.Module, stream: ValStream, params: EvalTTTParams) -> LegalityReport:
+    """C1-C4 on the first params.legality_tokens tokens, cuts inside chunks; LegalityError names every failed check."""
+    prefix = stream.prefix(params.legality_tokens)
+    report = check_legality(ttt_probe(model, params), prefix, vocab_of(model, stream), params.legality_cuts,
+                            params.seed, "ttt", spans_of(ttt_chunks(prefix, params)))
+    require_legal(report)
+    return report
 
 
 def _ttt(model: nn.Module, stream: ValStream, params: EvalTTTParams) -> MethodOutcome:
     """Legality check first (fails fast), then the frozen chunked scoring and score-first TTT."""
-    legality = ttt_legality(model, stream, params)
+    report = ttt_legality(model, stream, params)
     frozen = run_ttt(model, stream, params, adapt=False).result
     log.info("val_bpb_no_ttt: %.6f", frozen.val_bpb)
-    adapted = run_ttt(model, stream, params).result
+    adapted = run_ttt(model, stream, params)
+    ledger = adapted.ledger
     extra = {
         "val_bpb_no_ttt": frozen.val_bpb,
         "val_loss_no_ttt": frozen.val_loss,
-        "ttt_gain_bpb": frozen.val_bpb - adapted.val_bpb,
-        "legality": legality,
+        "ttt_gain_bpb": frozen.val_bpb - adapted.result.val_bpb,
+        "legality": require_legal(with_full_stream(report, stream, ledger.score_counts, ledger.early_training_tokens)),
     }
-    return MethodOutcome(adapted, frozen.val_bpb, extra)
+    return MethodOutcome(adapted.result, frozen.val_bpb, extra)
+
+
+def _tilt(model: nn.Module, stream: ValStream, params: EvalTiltParams) -> MethodOutcome:
+    """Legality check first (fails fast), then one pass: n-gram hints, sliding scores, the tilt."""
+    prefix = stream.prefix(params.legality_tokens)
+    run = tilt_probe(model, params, vocab_of(model, stream), LEGALITY_SEED)
+    windows = sliding_windows(prefix, params.window, params.stride, params.doc_bounded)
+    report = check_legality(run, prefix, vocab_of(model, stream), params.legality_cuts, LEGALITY_SEED, "tilt", spans_of(windows))
+    require_legal(report)
+    out = evaluate_tilt(model, stream, params)
+    extra = {
+        "val_bpb_no_tilt": out.sliding.val_bpb,
+        "val_loss_no_tilt": out.sliding.val_loss,
+        "tilt_gain_bpb": out.sliding.val_bpb - out.result.val_bpb,
+        "tilt_hints": out.hints,
+        "tilt_hits": out.hits,
+        "legality": require_legal(with_full_stream(report, stream, out.score_counts, out.early_count_updates)),
+    }
+    return MethodOutcome(out.result, out.result.val_bpb, extra)
 
 
 METHODS: dict[str, EvalMethod] = {
-    "plain": EvalMethod(EvalPlainParams, _plain, lambda m, s, p: _plain(m, s, p).result.val_bpb, False,
+    "plain": EvalMethod(EvalPlainParams, _plain, lambda m, s, p: evaluate_plain(m, s, p)[0].val_bpb, False,
                         "non-overlapping windows of seq_len"),
-    "sliding": EvalMethod(EvalSlidingParams, _sliding, lambda m, s, p: _sliding(m, s, p).result.val_bpb, True,
+    "sliding": EvalMethod(EvalSlidingParams, _sliding, lambda m, s, p: evaluate_sliding(m, s, p)[0].val_bpb, True,
                           "windows of `window` tokens every `stride`; each later window scores its last `stride`"),
     "ttt": EvalMethod(EvalTTTParams, _ttt, lambda m, s, p: run_ttt(m, s, p, adapt=False).result.val_bpb, True,
-                      "score-first test-time training, with the legality check C1-C4", "val_bpb_no_ttt", "no TTT"),
+                      "score-first test-time training", "val_bpb_no_ttt", "no TTT"),
+    "tilt": EvalMethod(EvalTiltParams, _tilt, lambda m, s, p: evaluate_tilt(m, s, p).result.val_bpb, False,
+                       "sliding windows tilted towards a causal n-gram hint (closed-form renormalized)"),
 }
 
 
