@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pgolf.config.base import Section, known_name
 
@@ -16,6 +16,16 @@ class GroupQuant(Section):
     bits: int = Field(6, ge=2, le=8, description="signed symmetric bit width: 2*(2**(bits-1)-1)+1 levels")
     k: float = Field(12.0, gt=0.0, le=1000.0, description="scale=std: per-row scale k*std(row)/qmax, std with Bessel's correction as the records' SDClip (records: attention 13.0, MLP 11.5, embedding 14, other 12.85)")
     salient: int = Field(0, ge=0, le=65536, description="AWQ-lite (#1908): columns per salient block of this group's matrices, kept at quantize.salient_bits inside the same solve; 0 = off (records: 64 at width 512)")
+
+
+class FitWeights(Section):
+    """Weights of the distortion proxy's components in the fit to a byte budget (pgolf/quant/ratedistortion.py)."""
+
+    attention: float = Field(1.0, ge=0.0, le=1e6, description="weight of the attention matrices' relative output errors")
+    mlp: float = Field(1.0, ge=0.0, le=1e6, description="weight of the MLP matrices' relative output errors")
+    embedding: float = Field(1.0, ge=0.0, le=1e6, description="weight of the embedding/head's relative output error (relative weight error without a head Hessian)")
+    other: float = Field(1.0, ge=0.0, le=1e6, description="weight of the other matrices' relative output errors")
+    embedding_lookup: float = Field(0.0, ge=0.0, le=1e6, description="weight of the embedding's relative weight error (its lookup role, which a head Hessian does not see)")
 
 
 class QuantizeParams(Section):
@@ -41,6 +51,13 @@ class QuantizeParams(Section):
     salient_top: int = Field(1, ge=1, le=1024, description="AWQ-lite: salient blocks per matrix of a group with salient > 0, the most salient by H_jj * mean W_ij^2 (records: 1)")
     salient_bits: int = Field(8, ge=3, le=8, description="AWQ-lite: precision of the salient blocks; a group with at least this many bits is left alone (records: 8)")
     passthrough_dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="storage dtype of passthrough tensors")
+    target_bytes: int | None = Field(None, ge=1, description="fit to a byte budget (issue 19): bits and k per group chosen to minimise the weighted distortion proxy with bytes_total (packed model, as pack params code it, + bytes_code of pack.code_modules) <= this; null = off, the groups' bits and k as given")
+    fit_bits: list[int] = Field([4, 5, 6, 7, 8], min_length=1, description="target_bytes: bit widths tried per group")
+    fit_k_min: float = Field(6.0, gt=0.0, le=1000.0, description="target_bytes: smallest k tried per group (scale=std)")
+    fit_k_max: float = Field(24.0, gt=0.0, le=1000.0, description="target_bytes: largest k tried per group (scale=std)")
+    fit_k_steps: int = Field(24, ge=1, le=256, description="target_bytes: k values tried per group and bit width, geometrically spaced from fit_k_min to fit_k_max (the fine knob that lets the fit land close under its target)")
+    fit_weights: FitWeights = Field(FitWeights(), description="target_bytes: weights of the proxy's components (1 = uncalibrated; `pgolf rd` fits them to real quantization gaps)")
+    threads: int = Field(0, ge=0, le=256, description="torch CPU threads of the stage (GPTQ on small matrices runs fastest on 1); 0 = torch's default")
 
     @field_validator("lowrank_u_bits", "lowrank_v_bits")
     @classmethod
@@ -48,6 +65,19 @@ class QuantizeParams(Section):
         if value == 1:
             raise ValueError("must be 0 (float16 factor) or 2..8 bits")
         return value
+
+    @field_validator("fit_bits")
+    @classmethod
+    def _fit_bits(cls, value: list[int]) -> list[int]:
+        if any(not 2 <= bits <= 8 for bits in value) or len(set(value)) != len(value):
+            raise ValueError("must be distinct bit widths in 2..8")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _k_range(self) -> "QuantizeParams":
+        if self.fit_k_min > self.fit_k_max:
+            raise ValueError(f"fit_k_min {self.fit_k_min} exceeds fit_k_max {self.fit_k_max}")
+        return self
 
     @field_validator("method", "scale")
     @classmethod
