@@ -108,6 +108,15 @@ def test_group_points_code_the_anchors_exactly_and_interpolate_between(tiny):
             assert abs(points[k].bytes - exact) <= 0.03 * exact
 
 
+def test_group_points_survive_a_grid_that_rounds_everything_to_zero():
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    mats = {"blocks.0.mlp.fc.weight": rd.Matrix("mlp", w, None, "float32")}
+    params = PARAMS.model_copy(update={"fit_bits": [2], "fit_k_min": 16.0, "fit_k_max": 64.0, "fit_k_steps": 9})
+    points = [p for p in rd.group_points("mlp", mats, params, PACK) if p.bits == 2]
+    assert all(p.bytes > 0 and np.isfinite(p.bytes) for p in points)
+    assert points[-1].distortion["mlp"] == pytest.approx(1.0)  # every symbol 0: W_hat = 0
+
+
 # ---- the frontier ----
 
 @settings(max_examples=60, deadline=None)

@@ -134,8 +134,8 @@ class GroupPoint:
 
 
 def entropy_bytes(qts: dict[str, QuantizedTensor]) -> float:
-    """Order-0 entropy of the tensors' symbols together, in bytes."""
-    return order0_entropy_bits(np.concatenate([qt.q.numpy().ravel() for qt in qts.values()])) / 8
+    """Order-0 entropy of the tensors' symbols together, in bytes (at least 1: a ratio's denominator)."""
+    return max(order0_entropy_bits(np.concatenate([qt.q.numpy().ravel() for qt in qts.values()])) / 8, 1.0)
 
 
 def group_points(group: str, mats: dict[str, Matrix], params: QuantizeParams, pack: PackParams) -> list[GroupPoint]:
