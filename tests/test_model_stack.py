@@ -342,6 +342,20 @@ def test_asymmetric_softcap_equals_the_plain_cap_at_init_and_caps_each_sign():
     assert torch.allclose(y[z < 0], softcap(z[z < 0], 20.0)) and torch.allclose(y[z >= 0], softcap(z[z >= 0], 5.0))
 
 
+def test_asymmetric_softcap_gradients_are_those_of_one_cap_per_sign():
+    z = (torch.randn(500, dtype=torch.float64) * 40).requires_grad_()
+    pos, neg = torch.tensor(5.0, dtype=torch.float64, requires_grad=True), torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
+    reference = torch.where(z >= 0, pos * torch.tanh(z / pos), neg * torch.tanh(z / neg))
+    grads_ref = torch.autograd.grad((reference * torch.arange(500.0, dtype=torch.float64)).sum(), (z, pos, neg))
+    cap = AsymmetricSoftcap(1.0).double()
+    with torch.no_grad():
+        cap.pos.fill_(5.0)
+        cap.neg.fill_(20.0)
+    out = cap(z)
+    grads = torch.autograd.grad((out * torch.arange(500.0, dtype=torch.float64)).sum(), (z, cap.pos, cap.neg))
+    assert torch.equal(out, reference) and all(torch.allclose(a, b, rtol=1e-12) for a, b in zip(grads, grads_ref))
+
+
 # --- document attention ------------------------------------------------------------------------
 
 def test_model_passes_document_segments_to_every_attention():
