@@ -282,7 +282,7 @@ def test_the_stage_without_a_target_quantizes_as_before(stage_inputs, tmp_path):
     assert {n: qt.bits for n, qt in stored.quantized.items() if ".mlp." in n} == {n: 5 for n in stored.quantized if ".mlp." in n}
 
 
-def test_the_stage_fits_the_target_and_records_it(stage_inputs, tmp_path):
+def test_the_stage_fits_the_target_and_records_it(stage_inputs, tmp_path, caplog):
     checkpoint, calibrate = stage_inputs
     with pytest.raises(ParamsError, match="needs the pack params"):
         quantize_stage(PARAMS.model_copy(update={"target_bytes": 50_000}), checkpoint, calibrate, tmp_path / "q", tmp_path / "m.json")
@@ -292,6 +292,7 @@ def test_the_stage_fits_the_target_and_records_it(stage_inputs, tmp_path):
     target = code_bytes + 5000
     quantize_stage(PARAMS.model_copy(update={"target_bytes": target}), checkpoint, calibrate, tmp_path / "q", tmp_path / "m.json", pack, repo)
     fit = read_json(tmp_path / "m.json")["fit"]
+    assert "fit_weights are uncalibrated" in caplog.text
     assert fit["target_bytes"] == target and fit["bytes_code"] == code_bytes
     assert fit["bytes_total_predicted"] <= target - rd.HASH_SLACK
     stored = load_quantized(tmp_path / "q")

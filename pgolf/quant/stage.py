@@ -93,6 +93,8 @@ def quantize_stage(params: QuantizeParams, checkpoint_dir: str | Path, calibrate
     else:
         if pack is None:
             raise ParamsError("quantize.target_bytes: the stage needs the pack params (the packer's coders decide the bytes)")
+        if params.fit_weights == FitWeights():
+            log.warning("quantize.fit_weights are uncalibrated (1 each): `pgolf rd` fits them to real quantization gaps")
         code = measure_code_bytes(pack.code_modules, repo_root).bytes_code
         found = fit_to_budget(Packer(state, hessians, model_config, pack, code), params, params.target_bytes - HASH_SLACK)
         qm, fit = found.model, fit_metrics(found, code, params.target_bytes)
