@@ -84,8 +84,8 @@ class EvalTTTParams(Section):
 class EvalTiltParams(EvalSlidingParams):
     """`tilt`: sliding windows whose scores are tilted towards the causal n-gram hint (PR #1145 lineage, #2135)."""
 
-    order: int = Field(8, ge=1, le=64, description="tokens of context the n-gram counts are keyed on (records: 8-16)")
+    order: int = Field(3, ge=1, le=64, description="tokens of context the n-gram counts are keyed on (records: 8-16, for a far stronger model)")
     buckets: int = Field(1 << 22, ge=1, le=1 << 32, description="hash buckets of the contexts; colliding contexts share counts (records: 2^22-2^26)")
-    min_count: int = Field(3, ge=1, le=1_000_000, description="a hint needs its continuation seen at least this often in its context (records: 2-3)")
+    min_count: int = Field(1, ge=1, le=1_000_000, description="a hint needs its continuation seen at least this often in its context (records: 2-3)")
     min_share: float = Field(0.7, ge=0.0, le=1.0, description="a hint needs its continuation to hold at least this share of its context's count (records: 0.5-0.7)")
-    beta: float = Field(2.0, ge=0.0, le=20.0, description="log of the boost of the hinted token before renormalizing; 0 reproduces sliding exactly (records: 2.0)")
+    beta: float = Field(2.0, ge=0.0, le=20.0, description="log of the boost of the hinted token before renormalizing; 0 reproduces sliding exactly (records: 2.0 x the share)")

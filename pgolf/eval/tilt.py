@@ -72,11 +72,15 @@ class CountTrail:
 def count_trail(tokens: np.ndarray, order: int, buckets: int) -> CountTrail:
     """Every count update of the pass: (bucket of t's context, token t) for t = order..N-1."""
     bucket = context_buckets(tokens, order, buckets)
-    by_bucket = np.argsort(bucket, kind="stable")  # stable: each bucket's updates stay in stream order
+    index = np.arange(bucket.size)
+    if buckets * bucket.size < 1 << 62:  # each bucket's updates in stream order: a unique key sorts 2-3x faster than a stable sort
+        by_bucket = np.argsort(bucket * bucket.size + index)
+    else:
+        by_bucket = np.argsort(bucket, kind="stable")
     b, y = bucket[by_bucket], tokens[order:][by_bucket]
     opens, rank = _group_rank(b)
     pair = b * (int(tokens.max()) + 1) + y
-    by_pair = np.argsort(pair, kind="stable")
+    by_pair = np.argsort(pair, kind="stable")  # already sorted by bucket: fast
     pair_count = np.empty(b.size, dtype=np.int64)
     pair_count[by_pair] = _group_rank(pair[by_pair])[1] + 1  # the pair's count after this update
     offset = (np.cumsum(opens) - 1) * (b.size + 1)  # keeps the running max inside each bucket
