@@ -51,9 +51,8 @@ def test_frozen_chunked_scoring_equals_brute_force() -> None:
     with torch.no_grad():
         for p_ in range(1, stream.num_tokens):
             begin = int(np.flatnonzero(stream.tokens[:p_] == BOS)[-1])
-            chunk_stop = begin + 5 * -(-(p_ - begin) // 5)  # the last target of p_'s chunk
-            chunk_stop = min(chunk_stop, stream.num_tokens - 1, int(np.append(np.flatnonzero(stream.tokens[p_:] == BOS) + p_, 10**9)[0]))
-            start = max(begin, chunk_stop - 12)
+            chunk_stop = begin + 5 * -(-(p_ - begin) // 5)  # the last target of p_'s chunk were it full
+            start = max(begin, chunk_stop - 12)  # never from where the document ends (a later BOS)
             logits = model(tokens[start:p_][None])[0, -1]
             assert out.nll[p_] == pytest.approx(float(token_nll(logits, tokens[p_])), abs=1e-5)
     assert out.result.scored_tokens == stream.num_tokens - 1

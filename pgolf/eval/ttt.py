@@ -60,11 +60,15 @@ class Ledger:
 
 
 def document_chunks(begin: int, end: int, chunk_tokens: int, window: int) -> list[Window]:
-    """Chunks of a document segment [begin, end): targets in runs of chunk_tokens, context <= window."""
+    """Chunks of a document segment [begin, end): targets in runs of chunk_tokens, context <= window.
+
+    A chunk's context starts where a full chunk's would (from first + chunk_tokens - 1), also for a
+    document's last, shorter chunk: a start taken back from the document's end would make its
+    scores depend on where the next BOS falls, a token not yet scored."""
     last, chunks, first = end - 1, [], begin + 1
     while first <= last:
         stop = min(first + chunk_tokens - 1, last)
-        chunks.append(Window(max(begin, stop - window), stop, first))
+        chunks.append(Window(max(begin, first + chunk_tokens - 1 - window), stop, first))
         first = stop + 1
     return chunks
 
