@@ -31,6 +31,7 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors: extra threa
 STAGE_PARAMS = """
 eval_sliding: {window: 64, stride: 32, batch_size: 16, doc_bounded: true}
 eval_ttt: {chunk_tokens: 32, window: 64, batch_docs: 8, lr: 0.01, legality_tokens: 300}
+eval_tilt: {window: 64, stride: 32, batch_size: 16, legality_tokens: 300, order: 2}
 """
 
 torch.set_num_threads(1)
@@ -117,7 +118,8 @@ def test_eval_sliding_stage_writes_metrics_with_the_gap(workspace, tmp_path: Pat
     proc, metrics = run_stage_script(workspace, "eval_sliding", tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(metrics.read_text())
-    assert set(out) == {"val_bpb", "val_loss", "scored_tokens", "scored_bytes", "quantization_gap"}
+    assert set(out) == {"val_bpb", "val_loss", "scored_tokens", "scored_bytes", "quantization_gap", "legality"}
+    assert out["legality"]["passed"] is True
     assert set(json.loads((metrics.parent / "timing" / metrics.name).read_text())) == {"seconds"}  # run to run: apart
     assert out["scored_bytes"] == workspace["val_bytes"]
     assert isinstance(out["quantization_gap"], float) and out["quantization_gap"] != 0.0
@@ -130,6 +132,15 @@ def test_eval_ttt_stage_writes_metrics_with_legality(workspace, tmp_path: Path) 
     assert {"val_bpb", "val_loss", "scored_tokens", "scored_bytes", "quantization_gap", "val_bpb_no_ttt"} <= set(out)
     assert out["legality"]["passed"] is True
     assert "legality: passed" in proc.stderr
+
+
+def test_eval_tilt_stage_writes_metrics_with_its_gain_and_legality(workspace, tmp_path: Path) -> None:
+    proc, metrics = run_stage_script(workspace, "eval_tilt", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(metrics.read_text())
+    assert {"val_bpb", "val_bpb_no_tilt", "tilt_gain_bpb", "tilt_hints", "quantization_gap"} <= set(out)
+    assert out["legality"]["passed"] is True and out["scored_bytes"] == workspace["val_bytes"]
+    assert out["tilt_gain_bpb"] == out["val_bpb_no_tilt"] - out["val_bpb"]
 
 
 def test_stage_with_bad_params_exits_2_and_writes_nothing(workspace, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pgolf.config.aggregate import AggregateParams
 from pgolf.config.base import DEFAULT_PARAMS_PATH, Section, load_section_as, read_params_file, validate_section
 from pgolf.config.data import AuditParams, ExportParams, FetchParams, TokenizerParams
 from pgolf.config.train import TrainParams
-from pgolf.config.eval import EvalSlidingParams, EvalTTTParams
+from pgolf.config.eval import EvalSlidingParams, EvalTiltParams, EvalTTTParams
 from pgolf.config.calibrate import CalibrateParams
 from pgolf.config.pack import PackParams
 from pgolf.config.quantize import QuantizeParams
@@ -29,6 +29,7 @@ SECTIONS: dict[str, type[Section]] = {
     "pack": PackParams,
     "eval_sliding": EvalSlidingParams,
     "eval_ttt": EvalTTTParams,
+    "eval_tilt": EvalTiltParams,
     "aggregate": AggregateParams,
 }
 

@@ -173,7 +173,7 @@ METHODS: dict[str, EvalMethod] = {
                           "windows of `window` tokens every `stride`; each later window scores its last `stride`"),
     "ttt": EvalMethod(EvalTTTParams, _ttt, lambda m, s, p: run_ttt(m, s, p, adapt=False).result.val_bpb, True,
                       "score-first test-time training", "val_bpb_no_ttt", "no TTT"),
-    "tilt": EvalMethod(EvalTiltParams, _tilt, lambda m, s, p: evaluate_tilt(m, s, p).result.val_bpb, False,
+    "tilt": EvalMethod(EvalTiltParams, _tilt, lambda m, s, p: evaluate_tilt(m, s, p).result.val_bpb, True,
                        "sliding windows tilted towards a causal n-gram hint (closed-form renormalized)"),
 }
 
