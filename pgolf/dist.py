@@ -255,6 +255,14 @@ def sum_over_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return out
 
 
+def sum_in_place(flat: torch.Tensor, info: DistInfo) -> None:
+    """Sum a tensor over ranks in place (sharded Muon's update buffer); nothing for a single process."""
+    if info.distributed:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+
+
 def max_over_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Element-wise max over ranks: every rank agrees on stop flags and the elapsed time."""
     out = values.clone()

@@ -6,14 +6,15 @@ parameter lands in exactly one group (`assign_groups` checks it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from pgolf.config.train import OptimParams
-from pgolf.optim.muon import Muon
+from pgolf.optim.muon import Muon, Shard
 
 Rule = Callable[[str, nn.Parameter], bool]
 
@@ -63,8 +64,9 @@ def assign_groups(model: nn.Module, table: tuple[GroupRule, ...] = GROUP_TABLE) 
     return groups
 
 
-def build_optimizers(model: nn.Module, params: OptimParams) -> list[torch.optim.Optimizer]:
-    """One optimizer per non-empty group, in table order; each param group carries `base_lr`."""
+def build_optimizers(model: nn.Module, params: OptimParams, shard: Shard | None = None) -> list[torch.optim.Optimizer]:
+    """One optimizer per non-empty group, in table order; each param group carries `base_lr`.
+    `shard` splits Muon's Newton-Schulz work across ranks (None: every rank does all of it)."""
     optimizers: list[torch.optim.Optimizer] = []
     for rule in GROUP_TABLE:
         named = assign_groups(model)[rule.name]
@@ -82,6 +84,7 @@ def build_optimizers(model: nn.Module, params: OptimParams) -> list[torch.optim.
                 ns_coefficients=hp.ns_coefficients,
                 weight_decay=hp.weight_decay,
                 row_normalize=hp.row_normalize,
+                shard=shard,
             )
         else:
             opt = torch.optim.AdamW(
@@ -101,3 +104,13 @@ def set_schedule(optimizers: list[torch.optim.Optimizer], lr_scale: float, muon_
             group["lr"] = group["base_lr"] * lr_scale
             if isinstance(opt, Muon):
                 group["momentum"] = muon_momentum
+
+
+@contextlib.contextmanager
+def full_optimizer_state(optimizers: list[torch.optim.Optimizer]) -> Iterator[None]:
+    """Call on every rank around a checkpoint save: inside, sharded Muon's momentum is whole on every rank."""
+    with contextlib.ExitStack() as stack:
+        for opt in optimizers:
+            if isinstance(opt, Muon):
+                stack.enter_context(opt.full_state())
+        yield

@@ -7,7 +7,9 @@ as used by modded-nanogpt and the Parameter Golf baseline.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -73,9 +75,44 @@ def muon_update(direction: Tensor, steps: int, coefficients: Coefficients, row_n
     return update * max(1.0, direction.size(0) / direction.size(1)) ** 0.5
 
 
+def newton_schulz_cost(shape: Sequence[int]) -> int:
+    """The work of Newton-Schulz on one matrix, up to a constant: rows * cols * min(rows, cols)."""
+    rows, cols = shape
+    return rows * cols * min(rows, cols)
+
+
+def assign_owners(costs: Sequence[int], world_size: int) -> list[int]:
+    """The rank that orthogonalizes each matrix: largest cost first, each to the least-loaded rank
+    (ties: the earlier matrix, the lower rank). Deterministic, so every rank computes the same list."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    load = [0] * world_size
+    owners = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world_size), key=lambda r: (load[r], r))
+        owners[i] = rank
+        load[rank] += costs[i]
+    return owners
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Muon split across ranks (as openai/parameter-golf train_gpt.py does): this rank runs momentum
+    and Newton-Schulz for its share of the matrices only; `sum_` sums a flat float32 buffer over
+    ranks in place (pgolf.dist.sum_in_place), so every rank then applies every update."""
+
+    rank: int
+    world_size: int
+    sum_: Callable[[Tensor], None]
+
+
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters. Group keys: lr, momentum, nesterov, ns_steps, ns_coefficients,
-    weight_decay (decoupled: p -= lr*wd*p), row_normalize."""
+    weight_decay (decoupled: p -= lr*wd*p), row_normalize.
+
+    With a `shard` over more than one rank, a matrix's momentum buffer lives only on its owner
+    (`assign_owners`), and the other ranks contribute exact zeros to the summed update buffer, so the
+    weights equal the unsharded optimizer's bit for bit (x + 0 = x in floating point)."""
 
     def __init__(
         self,
@@ -87,6 +124,7 @@ class Muon(torch.optim.Optimizer):
         ns_coefficients: Coefficients = BASELINE_COEFFICIENTS,
         weight_decay: float = 0.0,
         row_normalize: bool = False,
+        shard: Shard | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -98,10 +136,32 @@ class Muon(torch.optim.Optimizer):
             row_normalize=row_normalize,
         )
         super().__init__(params, defaults)
+        self.shard = shard if shard is not None and shard.world_size > 1 else None
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
                     raise ValueError(f"Muon takes 2-D parameters only, got shape {tuple(p.shape)}")
+
+    def _update(self, group: dict, p: Tensor) -> Tensor:
+        """Momentum, then the orthogonalized update of `p` (float32, p's shape)."""
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p.grad)
+        direction = nesterov_momentum(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
+        return muon_update(direction, group["ns_steps"], group["ns_coefficients"], group["row_normalize"])
+
+    @staticmethod
+    def _apply(group: dict, p: Tensor, update: Tensor) -> None:
+        if group["weight_decay"]:
+            p.mul_(1.0 - group["lr"] * group["weight_decay"])
+        p.add_(update.to(p.dtype), alpha=-group["lr"])
+
+    def owners(self) -> list[int]:
+        """The owning rank of each parameter, in param-group order (all on rank 0 without a shard)."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        if self.shard is None:
+            return [0] * len(params)
+        return assign_owners([newton_schulz_cost(p.shape) for p in params], self.shard.world_size)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch.optim signature
@@ -109,16 +169,67 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.shard is not None:
+            self._sharded_step()
+            return loss
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                direction = nesterov_momentum(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
-                update = muon_update(direction, group["ns_steps"], group["ns_coefficients"], group["row_normalize"])
-                if group["weight_decay"]:
-                    p.mul_(1.0 - group["lr"] * group["weight_decay"])
-                p.add_(update.to(p.dtype), alpha=-group["lr"])
+                self._apply(group, p, self._update(group, p))
         return loss
+
+    def _sharded_step(self) -> None:
+        shard = self.shard
+        entries = [(group, p, owner) for (group, p), owner in zip(self._group_params(), self.owners(), strict=True) if p.grad is not None]
+        if not entries:
+            return
+        flat = torch.zeros(sum(p.numel() for _, p, _ in entries), dtype=torch.float32, device=entries[0][1].device)
+        offset = 0
+        for group, p, owner in entries:
+            if owner == shard.rank:
+                flat[offset : offset + p.numel()] = self._update(group, p).reshape(-1)
+            else:
+                self.state.pop(p, None)  # a state loaded from a checkpoint: its owner keeps it
+            offset += p.numel()
+        shard.sum_(flat)
+        offset = 0
+        for group, p, _ in entries:
+            self._apply(group, p, flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+    def _group_params(self) -> list[tuple[dict, Tensor]]:
+        return [(group, p) for group in self.param_groups for p in group["params"]]
+
+    @contextlib.contextmanager
+    def full_state(self) -> Iterator[None]:
+        """Call on every rank: inside, every rank holds every momentum buffer (to save a checkpoint);
+        afterwards the non-owners drop them again. Nothing happens without a shard."""
+        if self.shard is None:
+            yield
+            return
+        params = self._group_params()
+        owners = self.owners()
+        mine = {id(p) for (_, p), owner in zip(params, owners, strict=True) if owner == self.shard.rank and "momentum_buffer" in self.state.get(p, {})}
+        flags = torch.tensor([float(id(p) in mine) for _, p in params], device=params[0][1].device)
+        self.shard.sum_(flags)  # which matrices have a buffer anywhere (none before the first step)
+        present = [p for (_, p), flag in zip(params, flags.tolist(), strict=True) if flag > 0]
+        flat = torch.zeros(sum(p.numel() for p in present), dtype=torch.float32, device=params[0][1].device)
+        offset = 0
+        for p in present:
+            if id(p) in mine:
+                flat[offset : offset + p.numel()] = self.state[p]["momentum_buffer"].reshape(-1)
+            offset += p.numel()
+        self.shard.sum_(flat)
+        borrowed = []
+        offset = 0
+        for p in present:
+            if id(p) not in mine:
+                self.state[p]["momentum_buffer"] = flat[offset : offset + p.numel()].view_as(p).to(p.dtype).clone()
+                borrowed.append(p)
+            offset += p.numel()
+        try:
+            yield
+        finally:
+            for p in borrowed:
+                self.state.pop(p, None)

@@ -22,6 +22,7 @@ have recurrence on. Under torch.compile each new length and the recurrence switc
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import shutil
@@ -38,12 +39,14 @@ from tqdm import tqdm
 from pgolf.config.calibrate import CalibrateParams
 from pgolf.config.train import ModelParams, TrainParams
 from pgolf.data.shards import list_shards
-from pgolf.dist import DistInfo, average_gradients, barrier, broadcast_params, sum_over_ranks
+from pgolf.dist import DistInfo, average_gradients, barrier, broadcast_params, sum_in_place, sum_over_ranks
 from pgolf.errors import DataError, ParamsError
 from pgolf.io import read_json
 from pgolf.model import GPT, count_params
 from pgolf.model.checkpoint import read_weights
 from pgolf.optim import build_optimizers, set_schedule
+from pgolf.optim.groups import full_optimizer_state
+from pgolf.optim.muon import Shard
 from pgolf.train import checkpoint as ckpt
 from pgolf.train import guards
 from pgolf.train.calibration import check_calibration, collect_on_ranks, save_rank_hessians
@@ -130,7 +133,7 @@ class Trainer:
         torch.manual_seed(params.seed)
         self.model = GPT(config).to(info.device)
         broadcast_params(self.model.parameters(), info)
-        self.optimizers = build_optimizers(self.model, params.optim)
+        self.optimizers = build_optimizers(self.model, params.optim, Shard(info.rank, info.world_size, functools.partial(sum_in_place, info=info)))
         self.ema = EMA(self.model, params.ema_decay) if params.ema_decay > 0 else None
         run_keys = params.model_dump(mode="json", exclude=set(OPERATIONAL_KEYS))
         run_keys["model"] = config.model_dump(mode="json")
@@ -204,6 +207,11 @@ class Trainer:
         """Rank 0 writes a checkpoint; `raw` overrides the training weights (after the EMA swap-in).
         The final checkpoint (`resumable=False`, a DVC output) holds no wall-clock figure, so a seed
         fixes its bytes."""
+        with full_optimizer_state(self.optimizers):  # every rank: sharded Muon's momentum whole for the save
+            self._write(directory, raw, resumable)
+        barrier(self.info)
+
+    def _write(self, directory: Path, raw: dict[str, Tensor] | None, resumable: bool) -> None:
         if self.info.is_main:
             raw = raw if raw is not None else self.model.state_dict()
             weights = self.ema.state_dict() if self.ema is not None else raw
@@ -225,7 +233,6 @@ class Trainer:
                 params=self.params.model_dump(mode="json"),
             )
             ckpt.save_checkpoint(directory, meta, weights, state)
-        barrier(self.info)
 
     def _save_resumable(self, raw: dict[str, Tensor] | None = None) -> None:
         """A resume checkpoint plus a copy of the curves so far (rank 0 writes)."""
