@@ -395,6 +395,6 @@ def add_rd_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", action="append", choices=tuple(RD_METHODS), help="a line of the curve (repeatable; default: all)")
     parser.add_argument("--points", type=int, default=8, help="points per line")
     parser.add_argument("--span", type=float, nargs=2, default=(0.6, 1.6), metavar=("LO", "HI"), help="bytes range, in multiples of the configured settings' bytes_total")
-    parser.add_argument("--evaluate", type=int, default=2, help="points per line evaluated for real (sliding window)")
+    parser.add_argument("--evaluate", type=int, default=3, help="points per line evaluated for real (sliding window): both ends and evenly between")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (GPTQ on small matrices is fastest on 1)")
     parser.set_defaults(func=_rd)
