@@ -300,7 +300,7 @@ def calibrate_proxy(packer: Packer, params: QuantizeParams, gap: Callable[[Quant
 
 
 def sweep(packer: Packer, params: QuantizeParams, gap: Callable[[QuantizedModel], float], methods: Sequence[str],
-          points: int = 8, span: tuple[float, float] = (0.6, 1.6), evaluate: int = 2) -> dict:
+          points: int = 8, span: tuple[float, float] = (0.6, 1.6), evaluate: int = 3) -> dict:
     """The calibrated proxy (`calibrate_proxy`), then per method up to `points` frontier settings
     over span x the bytes of `params`, each packed exactly, with the gap the proxy predicts and the
     real gap of `evaluate` of them. A head-Hessian method needs the embedding's Hessian."""
