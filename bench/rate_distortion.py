@@ -27,6 +27,7 @@ import torch
 from pgolf.config.calibrate import CalibrateParams
 from pgolf.config.sections import load_section
 from pgolf.model.checkpoint import load_model, read_train_param
+from pgolf import rd as rd_cli
 from pgolf.quant import ratedistortion as rd
 from pgolf.quant.calibrate import calibrate_hessians, load_hessians
 from pgolf.quant.stage import fit_to_budget
@@ -56,7 +57,7 @@ def main() -> None:
 
     hs = load_hessians(args.calibrate)
     plain = {w: hs.hessians[g] for w, g in hs.layers.items()}
-    packer, params, gap, base_bpb = rd.setup(args.checkpoint, args.calibrate, args.shards, args.tokenizer, args.params, plain)
+    packer, params, gap, base_bpb = rd_cli.setup(args.checkpoint, args.calibrate, args.shards, args.tokenizer, args.params, plain)
     print(f"checkpoint sliding val_bpb {base_bpb:.6f}; bytes_code {packer.code_bytes:,d} ({time.perf_counter() - started:.0f} s)", flush=True)
     with_head = replace(packer, hessians=head_hessians(args.checkpoint, args.shards, args.params), done={})
     weights, rms, calibration = rd.calibrate_proxy(with_head, params, gap)

@@ -76,7 +76,7 @@ def run_extra_seed(seed: int, run: SeedRun, seed_dir: Path) -> dict[str, float]:
         raise DataError(f"{run.shards}: no training shard to calibrate seed {seed} on")
     log.info("seed %d: calibrate, quantize, pack", seed)
     calibrate_stage(run.calibrate, checkpoint, train_shards, seed_dir / "data/calibrate", metrics / "calibrate.json")
-    quantize_stage(run.quantize, checkpoint, seed_dir / "data/calibrate", seed_dir / "data/quantize", metrics / "quantize.json")
+    quantize_stage(run.quantize, checkpoint, seed_dir / "data/calibrate", seed_dir / "data/quantize", metrics / "quantize.json", run.pack)
     pack_stage(run.pack, seed_dir / "data/quantize", seed_dir / "data/pack", metrics / "pack.json", tokenizer=run.tokenizer)
     out = {}
     for method, params in run.evals.items():

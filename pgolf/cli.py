@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("pgolf.summary", "add_summary_command"),
     "exp": ("pgolf.exptable", "add_exp_command"),
     "ablate": ("pgolf.ablate", "add_ablate_command"),
+    "rd": ("pgolf.rd", "add_rd_command"),
 }
 
 

@@ -3,6 +3,7 @@
 import argparse
 
 from pgolf.quant.stage import quantize_stage
+from pgolf.config.pack import PackParams
 from pgolf.config.quantize import QuantizeParams
 from pgolf.stage import run_stage
 
@@ -14,4 +15,5 @@ parser.add_argument("--metrics", default="metrics/quantize.json", help="metrics 
 parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
 args = parser.parse_args()
 
-run_stage({"quantize": QuantizeParams}, lambda p: quantize_stage(p, args.checkpoint, args.calibrate, args.out, args.metrics), args.params)
+# The pack section: with quantize.target_bytes the fit codes the symbols as pack will, to land under the target.
+run_stage({"quantize": QuantizeParams, "pack": PackParams}, lambda q, p: quantize_stage(q, args.checkpoint, args.calibrate, args.out, args.metrics, p), args.params)

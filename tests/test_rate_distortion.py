@@ -245,10 +245,14 @@ def test_sweep_calibrates_the_proxy_and_draws_each_method(tiny):
 
 
 def test_the_rd_command_is_registered():
+    from pgolf import rd as rd_cli
+    from pgolf.cli import COMMANDS
+
     parser = argparse.ArgumentParser()
-    rd.add_rd_command(parser.add_subparsers())
+    rd_cli.add_rd_command(parser.add_subparsers())
     args = parser.parse_args(["rd", "--out", "curve.json", "--method", "rtn", "--points", "3"])
-    assert args.func is rd._rd and args.method == ["rtn"] and args.points == 3 and args.threads == 1
+    assert COMMANDS["rd"] == ("pgolf.rd", "add_rd_command")
+    assert args.func is rd_cli._rd and args.method == ["rtn"] and args.points == 3 and args.threads == 1
 
 
 # ---- params and the quantize stage ----
