@@ -17,6 +17,7 @@ def _metrics(tmp_path: Path, sliding: float, ttt: float) -> Path:
     metrics.mkdir()
     (metrics / "eval_sliding.json").write_text(json.dumps({"val_bpb": sliding}))
     (metrics / "eval_ttt.json").write_text(json.dumps({"val_bpb": ttt}))
+    (metrics / "eval_tilt.json").write_text(json.dumps({"val_bpb": sliding - 0.02}))
     (metrics / "audit.json").write_text(json.dumps({"bytes_per_token": 2.5}))
     return metrics
 
@@ -36,7 +37,7 @@ def test_single_seed_summary_has_no_test(tmp_path):
     assert result["ttt"]["welch"] is None and result["ttt"]["record_claim_holds"] is False
     assert result["sliding"]["delta_bpb"] == pytest.approx(1.30 - 1.2244)
     assert json.loads((metrics / "aggregate.json").read_text()) == result
-    assert json.loads((tmp_path / "agg" / "per_seed.json").read_text()) == {"1337": {"sliding": 1.30, "ttt": 1.29}}
+    assert json.loads((tmp_path / "agg" / "per_seed.json").read_text()) == {"1337": {"sliding": 1.30, "ttt": 1.29, "tilt": pytest.approx(1.28)}}
 
 
 def test_a_seed_ablation_of_the_main_seed_needs_no_seed_list(tmp_path):

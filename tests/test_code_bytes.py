@@ -58,7 +58,8 @@ RUNTIME_PROBE = textwrap.dedent("""
     stream = load_val_stream(ws["shards"], ws["tokenizer"])
     model = load_artifact_model(ws["artifact"], ws["tokenizer"])
     small = {"plain": {"seq_len": 64}, "sliding": {"window": 64, "stride": 32},
-             "ttt": {"chunk_tokens": 32, "window": 64, "batch_docs": 4, "legality_tokens": 128}}
+             "ttt": {"chunk_tokens": 32, "window": 64, "batch_docs": 4, "legality_tokens": 128},
+             "tilt": {"window": 64, "stride": 32, "legality_tokens": 128}}
     for name, method in METHODS.items():
         evaluate_artifact(name, model, stream.prefix(400), method.params(**small[name]))
     print(json.dumps(sorted(m for m in sys.modules if m == "pgolf" or m.startswith("pgolf."))))

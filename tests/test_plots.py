@@ -41,6 +41,7 @@ def _metrics(tmp_path):
     metrics.mkdir()
     (metrics / "eval_sliding.json").write_text(json.dumps({"val_bpb": 2.0, "quantization_gap": 0.25}))
     (metrics / "eval_ttt.json").write_text(json.dumps({"val_bpb": 1.9, "val_bpb_no_ttt": 2.1, "quantization_gap": 0.2}))
+    (metrics / "eval_tilt.json").write_text(json.dumps({"val_bpb": 1.95, "quantization_gap": 0.15}))
     return metrics
 
 
@@ -55,6 +56,7 @@ def test_report_writes_png_and_table(tmp_path):
     assert [(row["method"], row["val_bpb"]) for row in table] == [
         ("sliding: checkpoint", 1.75), ("sliding: artifact", 2.0),
         ("ttt: checkpoint, no TTT", pytest.approx(1.9)), ("ttt: artifact, no TTT", 2.1), ("ttt: artifact", 1.9),
+        ("tilt: checkpoint", pytest.approx(1.8)), ("tilt: artifact", 1.95),
     ]
 
 
