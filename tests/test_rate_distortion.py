@@ -20,7 +20,6 @@ from pgolf.config.quantize import FitWeights, QuantizeParams
 from pgolf.data.shards import write_shard
 from pgolf.errors import ParamsError
 from pgolf.io import read_json, write_json_atomic
-from pgolf.model import build_model
 from pgolf.model.checkpoint import META_FILE, MODEL_FILE
 from pgolf.pack.code_bytes import measure_code_bytes
 from pgolf.pack.pack import pack_model
@@ -31,8 +30,10 @@ from pgolf.quant.gptq import relative_output_error
 from pgolf.quant.stage import fit_to_budget, quantize_stage
 from pgolf.quant.store import load_quantized
 
+import test_calibrate
+
 torch.set_num_threads(1)
-TINY = {"vocab_size": 64, "layers": 2, "width": 32, "heads": 2, "kv_heads": 1}
+TINY = test_calibrate.TINY
 CAL = CalibrateParams(batches=4, batch_seqs=2, seq_len=16, seed=1)
 # a small search: 4 widths x 6 k per group, every k coded exactly (ANCHOR_EVERY does not bite)
 PARAMS = QuantizeParams(min_numel=256, fit_bits=[3, 4, 5, 6], fit_k_min=4.0, fit_k_max=16.0, fit_k_steps=6,
@@ -41,12 +42,7 @@ PACK = PackParams(reference_brotli=False)
 
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_model(TINY)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return test_calibrate.tiny_model(seed)  # the same perturbed tiny GPT the calibration tests use
 
 
 @pytest.fixture(scope="module")
