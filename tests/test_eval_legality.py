@@ -18,7 +18,8 @@ from pgolf.eval.methods import METHODS, spans_of, ttt_chunks, ttt_probe, window_
 from pgolf.eval.plain import plain_windows
 from pgolf.eval.sliding import sliding_windows
 from pgolf.eval.tilt import Hints, Tilt, count_trail, hints_from_trail, stream_hints, tilt_probe
-from pgolf.eval.ttt import TTTOutcome, TTTRunner, document_chunks
+from pgolf.eval.ttt import document_chunks
+from test_eval_ttt import AdaptThenScore  # the deliberately leaky runner (adapts before it scores)
 
 torch.set_num_threads(1)
 
@@ -162,16 +163,6 @@ def test_an_unnormalized_tilt_is_caught(stream: ValStream, tilt: Tilt, what: str
         assert report.c2_max_abs_log_mass < 1e-5 and report.c2_max_score_gap_nats > 0.1
 
 
-class AdaptThenScore(TTTRunner):
-    """Deliberately leaky: trains on each chunk before scoring it."""
-
-    def run(self) -> TTTOutcome:
-        from pgolf.eval.bpb import summarize
-
-        for rnd in self.rounds():
-            self.adapt(rnd)
-            self.score(rnd)
-        return TTTOutcome(summarize(self.stream, self.nll, 0.0), self.nll, self.ledger)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -15,26 +15,28 @@ from pydantic import Field, field_validator, model_validator
 from pgolf.config.base import Section
 
 
-class EvalPlainParams(Section):
-    """Non-overlapping evaluation (`pgolf eval --method plain`): consecutive windows of seq_len."""
+class LegalityParams(Section):
+    """The legality probe's settings shared by the window-scored methods (pgolf/eval/legality.py)."""
 
-    seq_len: int = Field(256, ge=1, le=65536, description="tokens of context per window; windows do not overlap (official: 1024)")
-    batch_size: int = Field(32, ge=1, le=65536, description="windows per forward pass")
     legality_tokens: int = Field(4096, ge=16, le=1_000_000, description="the legality check reruns the method on the first N validation tokens (several documents)")
     legality_cuts: int = Field(4, ge=1, le=64, description="positions t spread over that prefix at which tokens >= t are perturbed for check C1")
     legality_samples: int = Field(64, ge=1, le=65536, description="positions whose scored distribution is materialized over the vocabulary for check C2")
 
 
-class EvalSlidingParams(Section):
+class EvalPlainParams(LegalityParams):
+    """Non-overlapping evaluation (`pgolf eval --method plain`): consecutive windows of seq_len."""
+
+    seq_len: int = Field(256, ge=1, le=65536, description="tokens of context per window; windows do not overlap (official: 1024)")
+    batch_size: int = Field(32, ge=1, le=65536, description="windows per forward pass")
+
+
+class EvalSlidingParams(LegalityParams):
     """`eval_sliding`: windows of `window` tokens every `stride`; each later window scores its last `stride`."""
 
     window: int = Field(256, ge=1, le=65536, description="tokens of context per window (records: 2048)")
     stride: int = Field(128, ge=1, le=65536, description="tokens between window starts, the tokens each later window scores (records: 64)")
     batch_size: int = Field(32, ge=1, le=65536, description="windows per forward pass")
     doc_bounded: bool = Field(False, description="true: the context never reaches back past the BOS of the token's document (windows restart at each document)")
-    legality_tokens: int = Field(4096, ge=16, le=1_000_000, description="the legality check reruns the method on the first N validation tokens (several documents)")
-    legality_cuts: int = Field(4, ge=1, le=64, description="positions t spread over that prefix at which tokens >= t are perturbed for check C1")
-    legality_samples: int = Field(64, ge=1, le=65536, description="positions whose scored distribution is materialized over the vocabulary for check C2")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> EvalSlidingParams:
