@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pgolf.config.base import Section
+from pgolf.config.base import Section, known_name
 
 
 class ModelParams(Section):
@@ -55,6 +55,24 @@ class ModelParams(Section):
     value_embed_layers: list[int] = Field(default_factory=list, description="layers whose attention values get a learned value embedding of the token added; [] = off")
     value_embed_dim: int = Field(128, ge=1, le=8192, description="width of the shared value-embedding table (projected to each layer's value width)")
     doc_attention: bool = Field(False, description="attention never crosses a BOS: each document attends only to itself (CPU: a mask; CUDA: FlexAttention)")
+    # Issue 15: five published proposals, each off by default (docs/ablations.md measures them).
+    shared_blocks: int = Field(0, ge=0, le=64, description="recursive weight sharing (PR #5): P physical blocks run as the `layers` logical layers, logical layer i using block i mod P; 0 = off")
+    attention_window: int = Field(0, ge=0, description="local attention (PR #5): a query reads only the last W positions, itself included; 0 = off (full causal)")
+    block_linear: str = Field("dense", description="a name of pgolf.model.linears.BLOCK_LINEARS, the kind of every attention and MLP matrix: dense | hyper (hypernetwork-generated factors, PR #16) | ternary (BitNet b1.58 quantization-aware training, record #640)")
+    hyper_rank: int = Field(8, ge=1, le=64, description="block_linear=hyper: rank of W = r c^T / sqrt(in * rank) (proposal: <= 16)")
+    hyper_embed_dim: int = Field(32, ge=1, le=4096, description="block_linear=hyper: width of the layer and matrix-type embeddings")
+    hyper_hidden: int = Field(64, ge=1, le=8192, description="block_linear=hyper: hidden width of the factor MLPs")
+    ternary_group: int = Field(128, ge=1, le=65536, description="block_linear=ternary: input columns sharing one absmean scale (record #640: 128)")
+    mup_base_width: int | None = Field(None, ge=8, le=8192, description="muP (PR #4): the width whose learning rates transfer; logits times base/width, head init and Muon update scale follow it; null = off")
+    conv_layers: list[int] = Field(default_factory=list, description="layers whose attention is a double-gated short causal depthwise convolution (Q^2 proposal, after LFM2: 10 of 16 layers); [] = off")
+    conv_kernel: int = Field(3, ge=1, le=64, description="kernel of the short convolution (LFM2: 3)")
+
+    @field_validator("block_linear")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from pgolf.model.linears import BLOCK_LINEARS
+
+        return known_name(value, BLOCK_LINEARS)
 
     @model_validator(mode="after")
     def _shape(self) -> ModelParams:
@@ -85,6 +103,13 @@ class ModelParams(Section):
         bad = [i for i in self.value_embed_layers if not 0 <= i < self.layers]
         if bad or len(set(self.value_embed_layers)) != len(self.value_embed_layers):
             raise ValueError(f"value_embed_layers {self.value_embed_layers} must be distinct layer indices < layers ({self.layers})")
+        if self.shared_blocks > self.layers:
+            raise ValueError(f"shared_blocks ({self.shared_blocks}) must be <= layers ({self.layers})")
+        if self.shared_blocks and self.recur_loops:
+            raise ValueError("shared_blocks and recur_loops are two kinds of weight sharing; use one")
+        bad = [i for i in self.conv_layers if not 0 <= i < self.layers]
+        if bad or len(set(self.conv_layers)) != len(self.conv_layers):
+            raise ValueError(f"conv_layers {self.conv_layers} must be distinct layer indices < layers ({self.layers})")
         return self
 
     @property

@@ -10,21 +10,23 @@ from torch import Tensor, nn
 from pgolf.config.model import ModelParams
 from pgolf.model.attn_gate import gate_heads, init_gate_weight
 from pgolf.model.docmask import DocumentMask, document_mask
-from pgolf.model.layers import CastedLinear, Rotary, rms_norm
+from pgolf.model.layers import Rotary, rms_norm
+from pgolf.model.linears import LinearFactory, LinearSpec, default_factory
 from pgolf.model.xsa import exclude_self_value, uses_xsa
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelParams, layer: int = 0) -> None:
+    def __init__(self, config: ModelParams, layer: int = 0, linear: LinearFactory | None = None) -> None:
         super().__init__()
         dim, head_dim = config.width, config.head_dim
+        linear = linear or default_factory(config)
         self.layer = layer
         self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, head_dim
         self.eps = config.norm_eps
-        self.c_q = CastedLinear(dim, config.heads * head_dim)
-        self.c_k = CastedLinear(dim, config.kv_heads * head_dim)
-        self.c_v = CastedLinear(dim, config.kv_heads * head_dim)
-        self.proj = CastedLinear(config.heads * head_dim, dim, zero_init=True)
+        self.c_q = linear(LinearSpec(layer, "attn.q", dim, config.heads * head_dim))
+        self.c_k = linear(LinearSpec(layer, "attn.k", dim, config.kv_heads * head_dim))
+        self.c_v = linear(LinearSpec(layer, "attn.v", dim, config.kv_heads * head_dim))
+        self.proj = linear(LinearSpec(layer, "attn.proj", config.heads * head_dim, dim, zero_init=True))
         self.q_gain = nn.Parameter(torch.full((config.heads,), config.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(config.rope_dims or head_dim, config.rope_base)
         self.xsa = uses_xsa(layer, config.layers, config.xsa_layers)

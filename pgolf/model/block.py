@@ -10,20 +10,21 @@ from pgolf.config.model import ModelParams
 from pgolf.model.attention import CausalSelfAttention
 from pgolf.model.lanes import LaneMix, Lanes
 from pgolf.model.layers import RMSNorm
+from pgolf.model.linears import LinearFactory
 from pgolf.model.lnscale import ln_scale
 from pgolf.model.mlp import MLP
 from pgolf.model.docmask import DocumentMask
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelParams, layer: int = 0) -> None:
+    def __init__(self, config: ModelParams, layer: int = 0, linear: LinearFactory | None = None) -> None:
         super().__init__()
         dim = config.width
         self.layer = layer
         self.attn_norm = RMSNorm(config.norm_eps)
         self.mlp_norm = RMSNorm(config.norm_eps)
-        self.attn = CausalSelfAttention(config, layer)
-        self.mlp = MLP(config)
+        self.attn = CausalSelfAttention(config, layer, linear)
+        self.mlp = MLP(config, layer, linear)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         # resid_mix[0] weighs the running stream x, resid_mix[1] the embedding x0.

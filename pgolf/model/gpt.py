@@ -24,6 +24,8 @@ from pgolf.model.bigram import BigramHash
 from pgolf.model.block import Block
 from pgolf.model.docmask import document_mask, document_segments
 from pgolf.model.lanes import Lanes, final_lane, lane_start
+from pgolf.model.linears import BLOCK_LINEARS, LinearFactory
+from pgolf.model import mup
 from pgolf.model.layers import CastedLinear, RMSNorm, rms_norm
 from pgolf.model.recurrence import logical_layers, unet_halves
 from pgolf.model.skips import merge_skip
@@ -39,7 +41,10 @@ class GPT(nn.Module):
             raise ParamsError("train.model.vocab_size: must be resolved (from the shards' manifest) before building the model")
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.width)
-        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.layers))
+        # The module all block matrices share (a hypernetwork), or None (dense: the baseline).
+        self.linear_shared = BLOCK_LINEARS[config.block_linear].shared(config)
+        linear = LinearFactory(config, self.linear_shared)
+        self.blocks = nn.ModuleList(Block(config, layer, linear) for layer in range(config.layers))
         # (encoder, decoder) block orders with depth recurrence on (True) and off (False).
         looped = logical_layers(config.layers, config.recur_start, config.recur_end, config.recur_loops)
         self.orders = {True: unet_halves(looped), False: unet_halves(list(range(config.layers)))}
@@ -63,6 +68,8 @@ class GPT(nn.Module):
         layers = config.value_embed_layers
         self.value_embed = ValueEmbedding(config.vocab_size, config.value_embed_dim, value_width, layers) if layers else None
         self.softcap = AsymmetricSoftcap(config.logit_softcap) if config.asymmetric_softcap and config.logit_softcap is not None else None
+        if config.mup_base_width is not None:
+            mup.init_weights(self)
 
     def set_recurrence(self, active: bool) -> None:
         """Depth recurrence on (the looped order; a fresh model's state) or off (each block once)."""
@@ -114,6 +121,8 @@ class GPT(nn.Module):
             x = final_lane(lanes, self.config.parallel_final)
         x = self.final_norm(x)
         logits = F.linear(x, self.head_weight().to(x.dtype)).float()  # [B, T, V]
+        if self.config.mup_base_width is not None:
+            logits = logits * mup.logit_multiplier(self.config)
         return self.cap(logits)
 
     def value_embed_for(self, shared: Tensor | None, layer: int) -> Tensor | None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config.model import ModelParams
-from pgolf.model.layers import CastedLinear
+from pgolf.model.linears import LinearFactory, LinearSpec, default_factory
 
 
 def relu2(x: Tensor) -> Tensor:
@@ -35,11 +35,12 @@ def mlp_hidden(config: ModelParams) -> int:
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelParams) -> None:
+    def __init__(self, config: ModelParams, layer: int = 0, linear: LinearFactory | None = None) -> None:
         super().__init__()
         hidden = mlp_hidden(config)
-        self.fc = CastedLinear(config.width, hidden)
-        self.proj = CastedLinear(hidden, config.width, zero_init=True)
+        linear = linear or default_factory(config)
+        self.fc = linear(LinearSpec(layer, "mlp.fc", config.width, hidden))
+        self.proj = linear(LinearSpec(layer, "mlp.proj", hidden, config.width, zero_init=True))
         self.act = activation_fn(config)
 
     def forward(self, x: Tensor) -> Tensor:
