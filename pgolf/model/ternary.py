@@ -1,0 +1,47 @@
+"""BitNet b1.58 ternarization (Ma et al. 2024, arXiv:2402.17764; the 1.1570 ternary record,
+openai/parameter-golf PR #640): each run of `group` consecutive input columns of a row shares the
+scale s = mean |w| over the run, and w is replaced by s * clamp(round(w / s), -1, 1).
+
+The one definition of the rounding: quantization-aware training uses it in the forward pass and the
+`ternary` quantizer stores its trits and scales, so the packed model is exactly the trained one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-8  # floor of a group's scale (an all-zero group stays zero)
+
+
+def group_scales(w: Tensor, group: int) -> Tensor:
+    """[rows, ceil(cols / group)] float32: mean |w| of each run of `group` columns (the last run may be shorter)."""
+    if w.ndim != 2:
+        raise ValueError(f"ternarize needs a 2-D weight, got shape {tuple(w.shape)}")
+    if group < 1:
+        raise ValueError(f"group must be >= 1, got {group}")
+    rows, cols = w.shape
+    groups = -(-cols // group)
+    a = F.pad(w.float().abs(), (0, groups * group - cols)).view(rows, groups, group)
+    counts = torch.full((groups,), float(group), device=w.device)
+    counts[-1] = cols - (groups - 1) * group
+    return (a.sum(-1) / counts).clamp_min(EPS)
+
+
+def expand_scales(scales: Tensor, group: int, cols: int) -> Tensor:
+    """[rows, cols]: each group's scale repeated over its columns."""
+    return scales.repeat_interleave(group, dim=1)[:, :cols]
+
+
+def ternarize(w: Tensor, group: int) -> tuple[Tensor, Tensor]:
+    """(trits int8 [rows, cols] in {-1, 0, 1}, scales float32 [rows, groups]) with w ~ trits * scale."""
+    scales = group_scales(w, group)
+    trits = torch.clamp(torch.round(w.float() / expand_scales(scales, group, w.size(1))), -1, 1)
+    return trits.to(torch.int8), scales
+
+
+def ternary_weight(w: Tensor, group: int) -> Tensor:
+    """s * trits in w's dtype: the weight the ternary model computes with."""
+    trits, scales = ternarize(w, group)
+    return (trits.float() * expand_scales(scales, group, w.size(1))).to(w.dtype)
