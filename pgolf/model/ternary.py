@@ -45,3 +45,12 @@ def ternary_weight(w: Tensor, group: int) -> Tensor:
     """s * trits in w's dtype: the weight the ternary model computes with."""
     trits, scales = ternarize(w, group)
     return (trits.float() * expand_scales(scales, group, w.size(1))).to(w.dtype)
+
+
+def ternary_latent(trits: Tensor, scales: Tensor, group: int) -> Tensor:
+    """float32 W with ternary_weight(W, group) == trits * scales (to float rounding): W = trits * scale / mean|trits|
+    per group (the record's "shrinkage fix"). Loading stored trits into a TernaryLinear, which ternarizes again,
+    needs it: trits * scales itself would come back with each scale shrunk by its group's nonzero fraction."""
+    t = trits.float()
+    density = group_scales(t, group)  # mean |trit| of each group (EPS for an all-zero group, whose trits stay 0)
+    return t * expand_scales(scales.float() / density, group, t.size(1))
