@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pgolf.config.train import OptimParams
+from pgolf.model import mup
 from pgolf.optim.muon import Muon, Shard
 
 Rule = Callable[[str, nn.Parameter], bool]
@@ -66,7 +67,10 @@ def assign_groups(model: nn.Module, table: tuple[GroupRule, ...] = GROUP_TABLE) 
 
 def build_optimizers(model: nn.Module, params: OptimParams, shard: Shard | None = None) -> list[torch.optim.Optimizer]:
     """One optimizer per non-empty group, in table order; each param group carries `base_lr`.
-    `shard` splits Muon's Newton-Schulz work across ranks (None: every rank does all of it)."""
+    `shard` splits Muon's Newton-Schulz work across ranks (None: every rank does all of it).
+    A muP model (pgolf.model.mup) gets Muon's spectral update scale sqrt(fan_out/fan_in); its Adam
+    groups keep their learning rates at every width (muP's rule for vector-like parameters)."""
+    update_scale = "spectral" if mup.is_on(model) else "baseline"
     optimizers: list[torch.optim.Optimizer] = []
     for rule in GROUP_TABLE:
         named = assign_groups(model)[rule.name]
@@ -85,6 +89,7 @@ def build_optimizers(model: nn.Module, params: OptimParams, shard: Shard | None 
                 weight_decay=hp.weight_decay,
                 row_normalize=hp.row_normalize,
                 shard=shard,
+                update_scale=update_scale,
             )
         else:
             opt = torch.optim.AdamW(

@@ -66,13 +66,32 @@ def row_normalized(direction: Tensor) -> Tensor:
     return direction / direction.float().norm(dim=1, keepdim=True).clamp_min(NS_EPS).to(direction.dtype)
 
 
-def muon_update(direction: Tensor, steps: int, coefficients: Coefficients, row_normalize: bool) -> Tensor:
-    """The orthogonalized update of one matrix, scaled by sqrt(max(1, rows/cols)).
+def baseline_scale(rows: int, cols: int) -> float:
+    """sqrt(max(1, rows/cols)): the baseline's (modded-nanogpt's) scale of an orthogonalized update."""
+    return max(1.0, rows / cols) ** 0.5
+
+
+def spectral_scale(rows: int, cols: int) -> float:
+    """sqrt(fan_out/fan_in) = sqrt(rows/cols): the spectral condition for feature learning (Yang,
+    Simon & Bernstein 2023, arXiv:2310.17813): an update of operator norm sqrt(fan_out/fan_in) moves
+    each output coordinate by O(1) whatever the width; muP's Muon scale (PR #4)."""
+    return (rows / cols) ** 0.5
+
+
+# Muon's `update_scale` names one of these: (rows, cols) of the matrix -> multiplier of its update.
+UPDATE_SCALES: dict[str, Callable[[int, int], float]] = {"baseline": baseline_scale, "spectral": spectral_scale}
+
+
+def muon_update(direction: Tensor, steps: int, coefficients: Coefficients, row_normalize: bool, update_scale: str = "baseline") -> Tensor:
+    """The orthogonalized update of one matrix, times UPDATE_SCALES[update_scale](rows, cols)
+    (baseline: sqrt(max(1, rows/cols))).
 
     With `row_normalize` the direction's rows are normalized before orthogonalization (MuonEq-R).
     """
+    if update_scale not in UPDATE_SCALES:
+        raise ValueError(f"unknown Muon update_scale {update_scale!r} (known: {', '.join(UPDATE_SCALES)})")
     update = newton_schulz(row_normalized(direction) if row_normalize else direction, steps, coefficients)
-    return update * max(1.0, direction.size(0) / direction.size(1)) ** 0.5
+    return update * UPDATE_SCALES[update_scale](direction.size(0), direction.size(1))
 
 
 def newton_schulz_cost(shape: Sequence[int]) -> int:
@@ -108,7 +127,7 @@ class Shard:
 
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters. Group keys: lr, momentum, nesterov, ns_steps, ns_coefficients,
-    weight_decay (decoupled: p -= lr*wd*p), row_normalize.
+    weight_decay (decoupled: p -= lr*wd*p), row_normalize, update_scale (a name of UPDATE_SCALES).
 
     With a `shard` over more than one rank, a matrix's momentum buffer lives only on its owner
     (`assign_owners`), and the other ranks contribute exact zeros to the summed update buffer, so the
@@ -125,7 +144,10 @@ class Muon(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         row_normalize: bool = False,
         shard: Shard | None = None,
+        update_scale: str = "baseline",
     ) -> None:
+        if update_scale not in UPDATE_SCALES:
+            raise ValueError(f"unknown Muon update_scale {update_scale!r} (known: {', '.join(UPDATE_SCALES)})")
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -134,6 +156,7 @@ class Muon(torch.optim.Optimizer):
             ns_coefficients=[list(t) for t in ns_coefficients],
             weight_decay=weight_decay,
             row_normalize=row_normalize,
+            update_scale=update_scale,
         )
         super().__init__(params, defaults)
         self.shard = shard if shard is not None and shard.world_size > 1 else None
@@ -142,13 +165,18 @@ class Muon(torch.optim.Optimizer):
                 if p.ndim != 2:
                     raise ValueError(f"Muon takes 2-D parameters only, got shape {tuple(p.shape)}")
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # a state saved before update_scale existed
+            group.setdefault("update_scale", "baseline")
+
     def _update(self, group: dict, p: Tensor) -> Tensor:
         """Momentum, then the orthogonalized update of `p` (float32, p's shape)."""
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p.grad)
         direction = nesterov_momentum(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
-        return muon_update(direction, group["ns_steps"], group["ns_coefficients"], group["row_normalize"])
+        return muon_update(direction, group["ns_steps"], group["ns_coefficients"], group["row_normalize"], group["update_scale"])
 
     @staticmethod
     def _apply(group: dict, p: Tensor, update: Tensor) -> None:
