@@ -78,13 +78,26 @@ def launched_by_torchrun() -> bool:
 _AGENT_ENTRY = "import sys; sys.path.insert(0, {root!r}); from pgolf.dist import agent_main; sys.exit(agent_main(sys.argv[1:]))"
 
 
-def run_torchrun(nproc: int, argv: list[str]) -> None:
-    """Run `torchrun --standalone --nproc-per-node=nproc <argv>` as a supervised child; return when
-    it is done. KeyboardInterrupt when stopped (a signal, or our parent died: the workers saved a
-    resumable checkpoint); a PgolfError with the root failure's one-line message on failure."""
+def rendezvous_options(nproc: int, nnodes: int = 1, node_rank: int = 0, endpoint: str | None = None) -> list[str]:
+    """torchrun's options for `nproc` workers here: one machine (`--standalone`, a private store), or
+    node `node_rank` of `nnodes` meeting at node 0's `endpoint` (host:port) through the static
+    rendezvous, which gives node r the global ranks r*nproc .. (r+1)*nproc-1."""
+    if nnodes == 1:
+        return ["--standalone", f"--nproc-per-node={nproc}"]
+    if not endpoint:
+        raise ValueError(f"nnodes ({nnodes}) > 1 needs a rendezvous endpoint host:port")
+    host, _, port = endpoint.rpartition(":")
+    return [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--nproc-per-node={nproc}", f"--master-addr={host}", f"--master-port={port}"]
+
+
+def run_torchrun(nproc: int, argv: list[str], nnodes: int = 1, node_rank: int = 0, endpoint: str | None = None) -> None:
+    """Run `torchrun <rendezvous_options> <argv>` as a supervised child; return when it is done.
+    KeyboardInterrupt when stopped (a signal, or our parent died: the workers saved a resumable
+    checkpoint); a PgolfError with the root failure's one-line message on failure."""
+    options = rendezvous_options(nproc, nnodes, node_rank, endpoint)
     with tempfile.TemporaryDirectory(prefix="pgolf-torchrun-") as tmp:
         entry = _AGENT_ENTRY.format(root=str(Path(__file__).resolve().parents[1]))
-        outcome = procs.supervise([sys.executable, "-c", entry, tmp, str(nproc), *argv], LAUNCH_GRACE_SECONDS)
+        outcome = procs.supervise([sys.executable, "-c", entry, tmp, json.dumps(options), *argv], LAUNCH_GRACE_SECONDS)
         code = outcome.returncode
         if code == 0:
             return
@@ -98,15 +111,16 @@ def run_torchrun(nproc: int, argv: list[str]) -> None:
 
 
 def agent_main(args: list[str]) -> int:
-    """The supervised torchrun agent: args = the launcher's scratch directory, nproc, the workers' argv.
+    """The supervised torchrun agent: args = the launcher's scratch directory, its rendezvous options
+    (JSON list), the workers' argv.
 
     It stops (torchrun passes SIGTERM to the workers and waits) if the launcher dies, keeps its logs
     in the scratch directory, and reports a failure as one line in scratch/failure.json instead of
     torchrun's traceback."""
-    scratch, nproc, argv = Path(args[0]), int(args[1]), args[2:]
+    scratch, options, argv = Path(args[0]), json.loads(args[1]), args[2:]
     with procs.ParentWatch(procs.stop_self, grace=SHUTDOWN_SECONDS + 15) as watch:
         try:
-            return _agent(scratch, nproc, argv)
+            return _agent(scratch, options, argv)
         except KeyboardInterrupt:  # a SIGINT before torchrun handles signals
             return EXIT_INTERRUPTED
         finally:
@@ -114,7 +128,7 @@ def agent_main(args: list[str]) -> int:
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _agent(scratch: Path, nproc: int, argv: list[str]) -> int:
+def _agent(scratch: Path, rendezvous: list[str], argv: list[str]) -> int:
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -123,7 +137,7 @@ def _agent(scratch: Path, nproc: int, argv: list[str]) -> int:
     chatter.handlers = [logging.NullHandler()]
     chatter.propagate = False
     logs = scratch / "logs"
-    options = ["--standalone", f"--nproc-per-node={nproc}", f"--shutdown-timeout={SHUTDOWN_SECONDS}", f"--log-dir={logs}"]
+    options = [*rendezvous, f"--shutdown-timeout={SHUTDOWN_SECONDS}", f"--log-dir={logs}"]
     report = scratch / "failure.json"
     try:
         torchrun.run(torchrun.parse_args([*options, *argv]))

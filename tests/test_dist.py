@@ -77,3 +77,58 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_of_two_processes_meet_at_the_rendezvous_and_equal_one_process(tmp_path):
+    """nnodes = 2 on localhost: two stage launchers (node 0 and node 1, 2 gloo workers each) meet at
+    node 0's endpoint; the 4-rank run equals one process with 4 micro-batches per step, node 0 wrote
+    every output and node 1 none."""
+    import subprocess
+    import sys
+
+    shards = make_shards(tmp_path / "shards")
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launchers = []
+    for node in (0, 1):
+        params = tiny_params(tmp_path, iterations=STEPS, grad_accum_steps=4, nproc=2, nnodes=2, node_rank=node,
+                             rdzv_endpoint=endpoint, threads=1, resume=False, resume_dir=str(tmp_path / f"resume{node}"))
+        node_dir = tmp_path / f"node{node}"
+        node_dir.mkdir()
+        (node_dir / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump(mode="json")}))
+        cmd = [sys.executable, str(STAGE), "--params", str(node_dir / "params.yaml"), "--shards", str(shards),
+               "--out", str(node_dir / "out"), "--metrics", str(node_dir / "m.json"), "--live", str(node_dir / "live")]
+        launchers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], outputs
+    assert "node 1 of 2: done" in outputs[1]
+    assert not (tmp_path / "node1" / "out").exists() and not (tmp_path / "node1" / "m.json").exists()
+    four = json.loads((tmp_path / "node0" / "m.json").read_text())
+    single = DistInfo(0, 1, 0, torch.device("cpu"), None)
+    one = train(tiny_params(tmp_path, iterations=STEPS, grad_accum_steps=4, resume=False), shards, tmp_path / "one", single)
+    assert four["steps"] == one.steps == STEPS and four["tokens_seen"] == one.tokens_seen
+    assert four["train_loss"] == pytest.approx(one.train_loss, abs=TOLERANCE)
+    w1 = load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors"))
+    w4 = load_file(str(tmp_path / "node0" / "out" / "checkpoint" / "model.safetensors"))
+    for name in w1:
+        assert torch.allclose(w1[name], w4[name], atol=TOLERANCE), name
+
+
+def test_rendezvous_options_one_machine_or_static_rendezvous_at_node_0():
+    from pgolf.dist import rendezvous_options
+    from pgolf.config.train import TrainParams
+
+    assert rendezvous_options(8) == ["--standalone", "--nproc-per-node=8"]
+    assert rendezvous_options(8, 2, 1, "10.0.0.1:29500") == [
+        "--nnodes=2", "--node-rank=1", "--nproc-per-node=8", "--master-addr=10.0.0.1", "--master-port=29500"]
+    for bad, message in (({"nnodes": 2}, "needs rdzv_endpoint"), ({"nnodes": 2, "node_rank": 2, "rdzv_endpoint": "h:1"}, "node_rank"),
+                         ({"rdzv_endpoint": "nohost"}, "host:port"), ({"nnodes": 3, "rdzv_endpoint": "h:1", "grad_accum_steps": 2}, "nproc \\* nnodes")):
+        with pytest.raises(ValueError, match=message):
+            TrainParams.model_validate(bad)

@@ -96,7 +96,7 @@ class TrainParams(Section):
         description="sequential: the official loader, rows of seq_len; packed: the records' document packing, one row per "
         "micro-batch from a BOS on, attention kept inside documents and pieces of at most seq_len (needs model.doc_attention)",
     )
-    grad_accum_steps: int = Field(1, ge=1, le=4096, description="micro-batches per step summed over all ranks (official: 8); a multiple of nproc")
+    grad_accum_steps: int = Field(1, ge=1, le=4096, description="micro-batches per step summed over all ranks (official: 8); a multiple of nproc * nnodes")
     val_every: int = Field(100, ge=0, description="validate every N steps (and always at the end); 0 = only at the end")
     val_tokens: int = Field(131072, ge=0, description="size of the fixed validation subset (first N val tokens); 0 = the whole val split")
     val_batch_tokens: int = Field(32768, ge=1, description="tokens per validation forward pass over all ranks")
@@ -105,7 +105,10 @@ class TrainParams(Section):
     resume: bool = Field(True, description="continue from the resume checkpoint of the same params and data if one exists")
     resume_dir: str = Field(".cache/pgolf/train-resume", min_length=1, description="where resumable checkpoints live (outside DVC outs, which DVC deletes before a run)")
     log_every: int = Field(50, ge=1, description="log the train loss every N steps")
-    nproc: int = Field(1, ge=1, le=64, description="processes; > 1 relaunches the stage under torchrun (NCCL on CUDA, gloo on CPU)")
+    nproc: int = Field(1, ge=1, le=64, description="processes per node; > 1 relaunches the stage under torchrun (NCCL on CUDA, gloo on CPU)")
+    nnodes: int = Field(1, ge=1, le=1024, description="machines; > 1 runs torchrun on each with the same params but its own node_rank, meeting at rdzv_endpoint")
+    node_rank: int = Field(0, ge=0, description="this machine's index in 0..nnodes-1; node 0 hosts the rendezvous and writes every output")
+    rdzv_endpoint: str | None = Field(None, description="host:port of node 0's rendezvous store, reachable from every node; required when nnodes > 1")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if available")
     compile: bool = Field(False, description="torch.compile the model (CUDA only; ignored on CPU)")
     threads: int = Field(0, ge=0, le=1024, description="CPU threads for torch; 0 = torch's default")
@@ -116,8 +119,14 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _batching(self) -> TrainParams:
-        if self.grad_accum_steps % self.nproc:
-            raise ValueError(f"grad_accum_steps ({self.grad_accum_steps}) must be a multiple of nproc ({self.nproc})")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"nnodes ({self.nnodes}) > 1 needs rdzv_endpoint (host:port of node 0)")
+        if self.rdzv_endpoint is not None and not _is_endpoint(self.rdzv_endpoint):
+            raise ValueError(f"rdzv_endpoint must be host:port with a port in 1..65535, got {self.rdzv_endpoint!r}")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank ({self.node_rank}) must be < nnodes ({self.nnodes})")
+        if self.grad_accum_steps % self.world_size:
+            raise ValueError(f"grad_accum_steps ({self.grad_accum_steps}) must be a multiple of nproc * nnodes ({self.world_size})")
         micro = self.batch_tokens // self.grad_accum_steps
         if self.batch_tokens % self.grad_accum_steps or micro % self.seq_len:
             raise ValueError(
@@ -126,11 +135,16 @@ class TrainParams(Section):
             )
         self._check_seq_len_schedule(micro)
         final = self.final_seq_len
-        if self.val_batch_tokens % (final * self.nproc):
-            raise ValueError(f"val_batch_tokens ({self.val_batch_tokens}) must be a multiple of the final seq_len*nproc ({final * self.nproc})")
+        if self.val_batch_tokens % (final * self.world_size):
+            raise ValueError(f"val_batch_tokens ({self.val_batch_tokens}) must be a multiple of the final seq_len * nproc * nnodes ({final * self.world_size})")
         if self.loader == "packed" and not self.model.doc_attention:
             raise ValueError("loader: packed needs model.doc_attention: true (evaluation must keep documents apart as training does)")
         return self
+
+    @property
+    def world_size(self) -> int:
+        """Ranks over all nodes."""
+        return self.nproc * self.nnodes
 
     def _check_seq_len_schedule(self, micro: int) -> None:
         points = [at for at, _ in self.seq_len_schedule]
@@ -150,3 +164,8 @@ class TrainParams(Section):
     def final_seq_len(self) -> int:
         """The training length at the end of the run: the validation length."""
         return self.seq_len_schedule[-1][1] if self.seq_len_schedule else self.seq_len
+
+
+def _is_endpoint(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)

@@ -56,10 +56,13 @@ def run_train_stage(
     Returns the result (read back from `metrics` after torchrun), None on ranks other than 0.
     KeyboardInterrupt when stopped, after the resumable checkpoint is saved.
     """
-    if params.nproc > 1 and not launched_by_torchrun():
+    if params.world_size > 1 and not launched_by_torchrun():
         if argv is None:
             raise ValueError("nproc > 1 needs the command line that torchrun runs in each worker")
-        run_torchrun(params.nproc, argv)
+        run_torchrun(params.nproc, argv, params.nnodes, params.node_rank, params.rdzv_endpoint)
+        if params.node_rank:
+            logging.getLogger("pgolf.train").info("node %d of %d: done; node 0 wrote the outputs", params.node_rank, params.nnodes)
+            return None
         return _result_from(metrics)
     with watch_parent():
         if launched_by_torchrun():
