@@ -108,6 +108,11 @@ def test_mup_init_weights(tied):
         assert not model.lm_head.weight.any()
 
 
+def test_mup_refuses_a_model_without_block_matrices():
+    with pytest.raises(ValueError, match="no block matrices"):
+        GPT(config(64, 32, block_linear="hyper"))
+
+
 def test_mup_off_builds_the_baseline_bit_for_bit():
     torch.manual_seed(0)
     baseline = GPT(config(64, None))

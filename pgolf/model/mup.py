@@ -72,6 +72,9 @@ def init_weights(model: nn.Module) -> None:
     """The muP initialization of a freshly built GPT (in place): every hidden matrix that is not
     zero-initialized gets `spectral_init_`; the embedding, the head and the vectors keep the
     baseline's width-independent initialization (see the table above)."""
-    for _, module in hidden_matrices(model):
+    matrices = hidden_matrices(model)
+    if not matrices:
+        raise ValueError("mup_base_width: this model has no block matrices (nn.Linear) to initialize; muP here covers block_linear dense and ternary")
+    for _, module in matrices:
         if not getattr(module, "zero_init", False):
             spectral_init_(module.weight)
