@@ -81,8 +81,14 @@ def timing_path(metrics_path: str | Path) -> Path:
     return path.parent / TIMING_DIR / path.name
 
 
-def write_metrics(metrics_path: str | Path, metrics: dict, timing: dict) -> None:
-    """The stage's repeatable metrics, and its timing beside them (see `timing_path`)."""
+def write_metrics(metrics_path: str | Path, metrics: dict, timing: dict, provenance: Any = None) -> None:
+    """The stage's repeatable metrics, and its timing beside them (see `timing_path`).
+
+    With `provenance` (a `pgolf.provenance.Provenance`), its stable part goes into the metrics and
+    its volatile part (the git commit) into the timing, both under "provenance" (why: pgolf.provenance)."""
+    if provenance is not None:
+        metrics = {**metrics, "provenance": provenance.stable}
+        timing = {**timing, "provenance": provenance.volatile}
     write_json_atomic(metrics_path, metrics)
     write_json_atomic(timing_path(metrics_path), timing)
 

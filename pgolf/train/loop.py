@@ -28,7 +28,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,6 +42,7 @@ from pgolf.data.shards import list_shards
 from pgolf.dist import DistInfo, average_gradients, barrier, broadcast_params, sum_in_place, sum_over_ranks
 from pgolf.errors import DataError, ParamsError
 from pgolf.io import read_json
+from pgolf.ledger import Phases
 from pgolf.model import GPT, count_params
 from pgolf.model.checkpoint import read_weights
 from pgolf.optim import build_optimizers, set_schedule
@@ -85,8 +86,9 @@ class TrainResult:
     stopped_by: str  # "iterations" | "wallclock"
     resumed_from_step: int
     calibrate_seconds: float = 0.0  # GPTQ calibration on the training ranks after the loop (calibrate.on_train_ranks)
+    phases: dict[str, float] = field(default_factory=dict)  # the timing ledger's phases (pgolf.ledger), rank 0's
 
-    TIMING = ("tokens_per_second", "wallclock_seconds", "calibrate_seconds")  # change run to run: kept apart from the metrics
+    TIMING = ("tokens_per_second", "wallclock_seconds", "calibrate_seconds", "phases")  # change run to run: kept apart from the metrics
 
     def metrics(self) -> dict[str, float | int | str]:
         """What a seed fixes (metrics/train.json)."""
@@ -265,14 +267,16 @@ class Trainer:
         return value
 
     # -- the loop ----------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
-        p, info = self.params, self.info
+    def run(self, phases: Phases | None = None) -> TrainResult:
+        """Train; `phases` records compile_warmup (the session's first step), loop and hessians."""
+        p, info, phases = self.params, self.info, phases if phases is not None else Phases()
+        first_step_seconds = 0.0
         params_count = count_params(self.model)
         log.info(f"params_count: {params_count}")
         log.info(f"fingerprint: {self.fingerprint}")
         session_tokens, session_seconds, stopped_by = 0, 0.0, "iterations"
         bar = tqdm(total=p.iterations, initial=self.step, disable=None if info.is_main else True, mininterval=1.0, desc="train")
-        with StopRequest() as stop:
+        with StopRequest() as stop, phases("loop"):
             while True:
                 if self.step >= p.iterations:
                     break
@@ -298,6 +302,8 @@ class Trainer:
                     raise TrainingDiverged(f"{diverged}; {self._kept()} (lower the learning rates, or set train.resume: false)")
                 self.best_loss, self.last_loss = min(self.best_loss, loss_value), loss_value
                 self.step += 1
+                if self.step == self.start_step + 1:
+                    first_step_seconds = dt
                 self.tokens_seen += p.batch_tokens
                 session_tokens += p.batch_tokens
                 session_seconds += step_seconds
@@ -321,6 +327,7 @@ class Trainer:
                     log.info(f"interrupted: step {self.step}; resumable checkpoint in {self.resume_dir}")
                     raise KeyboardInterrupt
         bar.close()
+        phases.move(first_step_seconds, "loop", "compile_warmup")
         if self.recurrence is False:
             self._apply_recurrence(True)  # evaluation and the saved model use it
         raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -328,7 +335,8 @@ class Trainer:
             self.model.load_state_dict(self.ema.state_dict(), strict=True)
         hessians, calibrate_seconds = None, 0.0
         if self.calibration is not None:  # right after the loop, on the weights that get quantized
-            hessians, calibrate_seconds = collect_on_ranks(self.model, self.shards_dir, self.calibration, p.final_seq_len, info, self.autocast)
+            with phases("hessians"):
+                hessians, calibrate_seconds = collect_on_ranks(self.model, self.shards_dir, self.calibration, p.final_seq_len, info, self.autocast)
             log.info(f"train + calibration: {self.train_seconds:.1f} + {calibrate_seconds:.1f} = {self.train_seconds + calibrate_seconds:.1f} s")
         val = self.validate()
         failure = guards.final_validation(val, self.vocab_size, p.final_val_ceiling)
@@ -360,6 +368,7 @@ class Trainer:
             stopped_by=stopped_by,
             resumed_from_step=self.start_step,
             calibrate_seconds=calibrate_seconds,
+            phases=dict(phases.seconds),
         )
 
 
@@ -369,4 +378,7 @@ def train(
     """Train per `params` on the shards in `shards_dir`; the final checkpoint goes to `out_dir/checkpoint`.
     With `calibration`, GPTQ Hessians are collected on the ranks right after the loop and written
     into the checkpoint directory (pgolf/train/calibration.py)."""
-    return Trainer(params, Path(shards_dir), Path(out_dir), info, live_dir, calibration).run()
+    phases = Phases()
+    with phases("startup"):
+        trainer = Trainer(params, Path(shards_dir), Path(out_dir), info, live_dir, calibration)
+    return trainer.run(phases)
