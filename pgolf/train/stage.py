@@ -1,6 +1,7 @@
 """The `train` stage and the `pgolf train` command: train (with nproc > 1, by launching torchrun as a
 supervised child), write the checkpoint under `out/checkpoint`, `metrics/train.json` and the
-DVCLive curves.
+DVCLive curves. The timing sidecar holds the ledger (pgolf.ledger: wall_seconds and the phases
+startup, compile_warmup, loop, hessians) and the metrics their provenance (pgolf.provenance).
 
 Stopping: SIGINT/SIGTERM, or the death of this process's parent (DVC killed), make the run save a
 resumable checkpoint and exit 130; under torchrun every worker does, and none outlives the stage.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ from pgolf.dist import (
     worker_stops_quietly,
 )
 from pgolf.io import read_json, timing_path, write_metrics
+from pgolf.provenance import data_fingerprint, shard_files, stage_provenance
 
 if TYPE_CHECKING:
     from pgolf.train.loop import TrainResult
@@ -76,6 +79,7 @@ def _train_here(params: TrainParams, shards: Path, out: Path, metrics: Path, liv
 
     from pgolf.train.loop import train
 
+    started = time.perf_counter()
     if params.threads:
         torch.set_num_threads(params.threads)
     info = init_dist(params.device)
@@ -85,7 +89,9 @@ def _train_here(params: TrainParams, shards: Path, out: Path, metrics: Path, liv
     try:
         result = train(params, shards, out, info, live, calibration if calibration is not None and calibration.on_train_ranks else None)
         if info.is_main:
-            write_metrics(metrics, result.metrics(), result.timing())
+            sections = {"train": params, **({"calibrate": calibration} if calibration is not None else {})}
+            provenance = stage_provenance(sections, data_fingerprint(shard_files(shards)), info.device, info.world_size)
+            write_metrics(metrics, result.metrics(), {**result.timing(), "wall_seconds": time.perf_counter() - started}, provenance)
             log.info(f"val_loss: {result.val_loss:.4f} steps: {result.steps} wallclock_seconds: {result.wallclock_seconds:.1f}")
         return result if info.is_main else None
     except Exception as exc:
