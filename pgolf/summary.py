@@ -2,9 +2,11 @@
 
 `dvc metrics show` prints every key of every metrics file (150+ columns wide); this reads the same
 files and prints what decides a submission: val_bpb per evaluation method, the quantization gap,
-bytes against the limit, the training run, each stage's time and, with several seeds, their mean
-and standard deviation. A metrics file that does not exist is reported as "not run"; a malformed
-one as "unreadable"; neither stops the summary.
+bytes against the limit, the training run, each stage's time, the compliance readings of the timing
+ledger (pgolf.ledger: strict and lenient training, evaluation per method and their sum, and the
+device they were measured on) and, with several seeds, their mean and standard deviation. A metrics
+file that does not exist is reported as "not run"; a malformed one as "unreadable"; neither stops
+the summary. `--record` exits 1 with one line when a reading exceeds its limit or was not measured.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from pgolf.io import timing_path
+from pgolf.ledger import hardware_note, readings, record_failures
 
 WIDTH = 100
 FILES = ("audit", "train", "calibrate", "quantize", "pack", "eval_sliding", "eval_ttt", "aggregate")
@@ -57,7 +61,27 @@ def _seed_stats(aggregate: dict, method: str) -> dict | None:
         "delta_nats_per_token": _num(block, "delta_nats_per_token"),
         "p_value": _num(welch, "p_value"),
         "record_claim_holds": block.get("record_claim_holds"),
+        "tests_met": None if not isinstance(block.get("tests"), dict) else
+        [name for name, test in block["tests"].items() if isinstance(test, dict) and test.get("meets") is True],
     }
+
+
+def _device(*metrics: dict) -> dict | None:
+    """The device of the first metrics file that records its provenance."""
+    for data in metrics:
+        provenance = data.get("provenance")
+        if isinstance(provenance, dict) and isinstance(provenance.get("device"), dict):
+            return provenance["device"]
+    return None
+
+
+def compliance(metrics_dir: Path, train: dict, calibrate: dict, hessian_seconds: float | None) -> dict[str, Any]:
+    """The ledger's readings (every eval_<method> stage that has a timing file) and where they were measured."""
+    evals = {path.stem.removeprefix("eval_"): _load(path)[0] for path in sorted((metrics_dir / "timing").glob("eval_*.json"))}
+    found = readings(train, hessian_seconds, evals)
+    eval_metrics = [_load(metrics_dir / f"eval_{m}.json")[0] for m in evals]
+    device = _device(train, calibrate, *eval_metrics)
+    return {"readings": [r.to_dict() for r in found], "failures": record_failures(found), "device": device, "note": hardware_note(device)}
 
 
 def collect(metrics_dir: str | Path = "metrics") -> dict[str, Any]:
@@ -73,6 +97,8 @@ def collect(metrics_dir: str | Path = "metrics") -> dict[str, Any]:
     aggregate = m["aggregate"]
     seeds = aggregate.get("seeds") if isinstance(aggregate.get("seeds"), list) else None
     reference = aggregate.get("reference") if isinstance(aggregate.get("reference"), dict) else {}
+    on_ranks = m["calibrate"].get("collected_on") == "train_ranks"
+    hessian_seconds = _num(train, "calibrate_seconds") if on_ranks else _num(m["calibrate"], "calibrate_time_s")
     return {
         "metrics_dir": str(metrics_dir),
         "files": {f"{name}.json": status for name, (_, status) in loaded.items()},
@@ -116,6 +142,7 @@ def collect(metrics_dir: str | Path = "metrics") -> dict[str, Any]:
             "eval_sliding": _num(sliding, "seconds"),
             "eval_ttt": _num(ttt, "seconds"),
         },
+        "compliance": compliance(metrics_dir, train, m["calibrate"], hessian_seconds),
         "seeds": None if not aggregate else {
             "seeds": seeds,
             "sliding": _seed_stats(aggregate, "sliding"),
@@ -167,6 +194,7 @@ def render(summary: dict) -> str:
         rows.append(("validation", f"{_f(v['tokens'])} tokens, {_f(v['bytes'])} bytes ({_f(v['bytes_per_token'], 3)} bytes/token)"))
     times = [f"{name} {_seconds(sec)}" for name, sec in s["stage_seconds"].items() if sec is not None]
     rows.append(("stage times", ", ".join(times) if times else "-"))
+    rows += _compliance_rows(s["compliance"])
     rows += _seed_rows(s["seeds"])
     not_run = [name for name, status in s["files"].items() if status == "not run"]
     if not_run:
@@ -181,6 +209,16 @@ def render(summary: dict) -> str:
         lines += textwrap.wrap(text, WIDTH, initial_indent=f"  {label:<{width}}  ", subsequent_indent=pad,
                                break_on_hyphens=False) or [f"  {label}"]
     return "\n".join(lines) + "\n"
+
+
+def _compliance_rows(c: dict) -> list[tuple[str, str]]:
+    def show(r: dict) -> str:
+        over = f" > {r['limit']:.0f}s" if r["exceeds"] else ""
+        return f"{r['name'].removeprefix('eval ')} {_seconds(r['seconds'])}{over}"
+
+    train = [show(r) for r in c["readings"] if not r["name"].startswith("eval")]
+    evals = [show(r) for r in c["readings"] if r["name"].startswith("eval")]
+    return [("compliance", f"train {', '.join(train)} (limit 600s); eval {', '.join(evals)}"), ("", c["note"])]
 
 
 def _seed_rows(seeds: dict | None) -> list[tuple[str, str]]:
@@ -200,8 +238,9 @@ def _seed_rows(seeds: dict | None) -> list[tuple[str, str]]:
     if ref.get("mean_bpb") is not None and st.get("delta_bpb") is not None:
         claim = {True: "holds", False: "no", None: "-"}[st.get("record_claim_holds")]
         p = f", p {st['p_value']:.3g}" if st.get("p_value") is not None else ""
+        met = "" if st.get("tests_met") is None else f"; tests met: {', '.join(st['tests_met']) or 'none'}"
         rows.append(("", f"vs {ref.get('name') or 'reference'} {_f(ref['mean_bpb'])}: {_f(st['delta_bpb'], sign=True)} bpb "
-                         f"sliding{p}; record claim: {claim}"))
+                         f"sliding{p}; record claim: {claim}{met}"))
     if names:
         rows.insert(0, ("seeds", ", ".join(str(x) for x in names)))
         rows[1] = ("", rows[1][1])
@@ -214,6 +253,10 @@ def _summary(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(render(summary), end="")
+    failures = summary["compliance"]["failures"]
+    if args.record and failures:
+        print(f"record check failed: {'; '.join(failures)} ({summary['compliance']['note']})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -221,4 +264,6 @@ def add_summary_command(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("summary", help="the run's key numbers on one screen (from metrics/*.json)")
     parser.add_argument("--metrics", default="metrics", help="directory of the metrics files (default: metrics)")
     parser.add_argument("--json", action="store_true", help="the same numbers as one JSON object")
+    parser.add_argument("--record", action="store_true",
+                        help="exit 1 when a compliance reading exceeds its limit (600 s training, strict and lenient; 600 s eval per method) or was not measured")
     parser.set_defaults(func=_summary)

@@ -112,3 +112,57 @@ def test_calibration_on_the_training_ranks_is_shown_with_the_training_time(tmp_p
     assert s["stage_seconds"]["calibrate"] == 6.5 and s["train"]["calibrate_seconds"] == 6.5
     text = " ".join(render(s).split())  # the train row wraps
     assert "593.0s, stopped by iterations + calibrate 6.5s = 599.5s" in text
+
+
+def _timed_run(tmp_path: Path, loop: float, hessians: float, ttt_seconds: float, device: dict | None) -> Path:
+    metrics = tmp_path / "metrics"
+    shutil.copytree(METRICS, metrics, ignore=shutil.ignore_patterns("timing", "plots"))
+    train = json.loads((metrics / "train.json").read_text())
+    if device is not None:
+        (metrics / "train.json").write_text(json.dumps({**train, "provenance": {"device": device}}))
+    calibrate = json.loads((metrics / "calibrate.json").read_text())
+    (metrics / "calibrate.json").write_text(json.dumps({**calibrate, "collected_on": "train_ranks"}))
+    (metrics / "timing").mkdir()
+    timings = {"train.json": {"wallclock_seconds": loop, "calibrate_seconds": hessians, "tokens_per_second": 1.0},
+               "eval_sliding.json": {"seconds": 80.0, "phases": {"precompute": 4.0, "scoring": 150.0}},
+               "eval_ttt.json": {"seconds": ttt_seconds, "phases": {"precompute": 6.0}}}
+    for name, values in timings.items():
+        (metrics / "timing" / name).write_text(json.dumps(values))
+    return metrics
+
+
+def test_compliance_readings_and_the_hardware_they_were_measured_on(tmp_path, capsys):
+    h100 = {"kind": "NVIDIA H100 80GB HBM3", "count": 8}
+    metrics = _timed_run(tmp_path, 599.7, 6.9, 500.0, h100)
+    c = collect(metrics)["compliance"]
+    by_name = {r["name"]: r for r in c["readings"]}
+    assert by_name["strict"]["seconds"] == pytest.approx(606.6) and by_name["strict"]["exceeds"]
+    assert by_name["lenient"]["seconds"] == 599.7 and not by_name["lenient"]["exceeds"]
+    assert by_name["eval sliding"]["seconds"] == 84.0 and by_name["eval ttt"]["seconds"] == 506.0
+    assert by_name["eval total"]["seconds"] == 590.0 and "eval tilt" not in by_name  # no timing file: not run here
+    assert c["device"] == h100 and c["note"] == "measured on NVIDIA H100 80GB HBM3 x8: the record hardware"
+    assert main(["summary", "--metrics", str(metrics)]) == 0  # without --record the readings are only shown
+    out = " ".join(capsys.readouterr().out.split())
+    assert "train strict 606.6s > 600s, lenient 599.7s (limit 600s); eval sliding 84.0s, ttt 506.0s, total 590.0s" in out
+
+
+def test_record_flag_fails_a_reading_over_its_limit_in_one_line(tmp_path, capsys):
+    over = _timed_run(tmp_path / "over", 599.7, 6.9, 610.0, None)
+    assert main(["summary", "--metrics", str(over), "--record"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("record check failed: strict 606.6 s > 600 s; eval ttt 616.0 s > 600 s (")
+    assert "device unknown" in err
+    fits = _timed_run(tmp_path / "fits", 590.0, 6.9, 500.0, {"kind": "cpu", "count": 1})
+    assert main(["summary", "--metrics", str(fits), "--record"]) == 0
+    assert "not 8x H100 80GB SXM: the readings are not a record's" in capsys.readouterr().out
+    assert main(["summary", "--metrics", str(tmp_path / "none"), "--record"]) == 1  # nothing measured: no claim
+    assert capsys.readouterr().err.startswith("record check failed: strict not measured; lenient not measured")
+
+
+def test_seed_rows_name_the_tests_met(tmp_path):
+    metrics = tmp_path / "m"
+    metrics.mkdir()
+    aggregate = _read("aggregate.json")
+    aggregate["sliding"]["tests"] = {"seeds": {"meets": True}, "record": {"meets": False}, "chronological": {"meets": True}}
+    (metrics / "aggregate.json").write_text(json.dumps(aggregate))
+    assert "tests met: seeds, chronological" in " ".join(render(collect(metrics)).split())
