@@ -178,7 +178,7 @@ def edited(path: list, value) -> bytes:
         (["tensors", 0, "stream"], 99, "stream 99"),
         (["tensors", 3, "stream"], 0, "mixes"),
         (["tensors", 0, "bits"], 9, "bits"),
-        (["tensors", 0, "bits"], 2, "exceed"),
+        (["tensors", 0, "bits"], 2, "symbols outside"),
         (["tensors", 0, "name"], "", "name"),
         (["tensors", 0, "extra"], 1, "extra"),
         (["streams", 0, "coder"], "gzip", "unknown coder"),

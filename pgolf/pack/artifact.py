@@ -22,14 +22,17 @@ name -> stored tensor name), ``streams`` and ``tensors``.
 
 ``streams``: one entry per blob: ``coder`` (symbol streams: ans | a codec of
 `pgolf.pack.codecs.CODECS`; byte streams: a codec), ``shuffle`` (byte-shuffle item size, 1 =
-none), ``column`` (symbol streams: each tensor stored transposed, column-major), ``length`` and
-``crc32`` of the blob. ``tensors``: one entry per stored part with ``name``, ``role`` ("q": int8
-symbols, "scale": float16 per-row scales of the q tensor of the same name, "extra": a float part
+none), ``column`` (symbol streams: each tensor stored transposed, column-major), ``transform``
+(symbol streams, optional: a name of `pgolf.pack.transforms.SYMBOL_TRANSFORMS`; the coder then
+codes the transformed bytes, one run), ``length`` and ``crc32`` of the blob. ``tensors``: one entry per stored part with ``name``, ``role`` ("q": int8
+symbols, "scale": float16 per-row scales of the q tensor of the same name ([rows, ceil(cols /
+scale_group)] when that q tensor has a ``scale_group``), "extra": a float part
 ``"<term>.<part>"`` of that quantized tensor, "refs": int32 [2, n] row references of that q
 tensor, `pgolf.pack.rowrefs`, whose symbols are then stored as root rows and child-row differences,
 two matrices in its stream, "plain": a tensor stored as is), ``part`` (extras),
-``shape``, ``dtype``, ``out_dtype`` (dtype of the rebuilt weight), ``bits`` (q only) and
-``stream``. A stream holds its tensors in table order: a symbol stream holds only q tensors (its
+``shape``, ``dtype``, ``out_dtype`` (dtype of the rebuilt weight), ``bits``, ``scale_group`` and
+``grid`` (q only; the last two optional: one scale per row, the symmetric grid, `pgolf.quant.grids`)
+and ``stream``. A stream holds its tensors in table order: a symbol stream holds only q tensors (its
 coder decodes them all at once), a byte stream the concatenated little-endian bytes of the others.
 
 `parse_artifact` checks all of it (magic, version, flags, lengths, CRCs, schema, shapes and size
@@ -52,6 +55,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from pgolf.errors import ArtifactError
 from pgolf.pack.codecs import CODECS, compress, decompress
+from pgolf.pack.transforms import SYMBOL_TRANSFORMS
+from pgolf.quant.grids import GRIDS
 
 MAGIC = b"PGOLFART"
 FORMAT_VERSION = 3  # 3: compressed header, tensors packed into streams; 2: one blob per tensor
@@ -88,6 +93,7 @@ class StreamEntry(_Strict):
     coder: StrictStr = Field(min_length=1, max_length=32)
     shuffle: StrictInt = Field(1, ge=1, le=8)
     column: StrictBool = False
+    transform: StrictStr | None = Field(None, min_length=1, max_length=32)
     length: StrictInt = Field(ge=0)
     crc32: StrictInt = Field(ge=0, le=0xFFFFFFFF)
 
@@ -102,6 +108,8 @@ class TensorEntry(_Strict):
     dtype: Dtype
     out_dtype: Literal["float16", "bfloat16", "float32"]
     bits: StrictInt | None = Field(None, ge=2, le=8)
+    scale_group: StrictInt | None = Field(None, ge=1, le=MAX_DIM)
+    grid: StrictStr | None = Field(None, min_length=1, max_length=32)
     stream: StrictInt = Field(ge=0)
 
     @property
@@ -202,8 +210,8 @@ def _check_table(header: Header, file_bytes: int | None) -> None:
     for entry in header.tensors:
         if entry.role == "scale":
             owner = names_q.get(entry.name)
-            if owner is None or len(owner.shape) != 2 or entry.shape != owner.shape[:1]:
-                raise ArtifactError(f"tensor {entry.name}: scale shape {entry.shape} does not match a q tensor's rows")
+            if owner is None or len(owner.shape) != 2 or entry.shape != scale_shape(owner):
+                raise ArtifactError(f"tensor {entry.name}: scale shape {entry.shape} does not match a q tensor's rows (and scale groups)")
         if entry.role == "extra" and entry.name not in names_q:
             raise ArtifactError(f"tensor {entry.name}: extra {entry.part} without a q tensor")
         if entry.role == "refs":
@@ -221,13 +229,20 @@ def _check_table(header: Header, file_bytes: int | None) -> None:
             raise ArtifactError(f"alias {alias} -> {target}: target missing or alias shadows a stored tensor")
 
 
+def scale_shape(q: TensorEntry) -> list[int]:
+    """The scale part's shape of a 2-D q tensor: [rows], or [rows, groups] with a scale_group."""
+    return q.shape[:1] if q.scale_group is None else [q.shape[0], -(-q.shape[1] // q.scale_group)]
+
+
 def _check_entry(entry: TensorEntry) -> None:
     where = f"tensor {entry.name} ({entry.role})"
     if entry.role == "q":
         if entry.dtype != "int8" or entry.bits is None or len(entry.shape) != 2:
             raise ArtifactError(f"{where}: q tensors are 2-D int8 with bits")
-    elif entry.bits is not None:
-        raise ArtifactError(f"{where}: only q tensors carry bits")
+        if entry.grid is not None and entry.grid not in GRIDS:
+            raise ArtifactError(f"{where}: unknown grid {entry.grid!r} (known: {', '.join(GRIDS)})")
+    elif entry.bits is not None or entry.scale_group is not None or entry.grid is not None:
+        raise ArtifactError(f"{where}: only q tensors carry bits, scale_group and grid")
     if entry.role == "scale" and entry.dtype != "float16":
         raise ArtifactError(f"{where}: scales are float16")
     if (entry.role == "extra") != (entry.part is not None):
@@ -256,12 +271,26 @@ def _check_streams(header: Header) -> None:
             raise ArtifactError(f"{where}: unknown coder for {'symbols' if symbols else 'bytes'} (known: {', '.join(SYMBOL_CODER_NAMES if symbols else CODECS)})")
         if symbols and stream.shuffle != 1:
             raise ArtifactError(f"{where}: symbol streams are not shuffled")
-        if not symbols and stream.column:
-            raise ArtifactError(f"{where}: only symbol streams are column-major")
+        if not symbols and (stream.column or stream.transform is not None):
+            raise ArtifactError(f"{where}: only symbol streams are column-major or transformed")
+        if stream.transform is not None:
+            _check_transform(header, where, stream, entries)
         if stream.shuffle > 1 and any(ITEMSIZE[e.dtype] != stream.shuffle for e in entries):
             raise ArtifactError(f"{where}: shuffled by {stream.shuffle}-byte items, but holds other item sizes")
-        if stream.coder == "raw" and stream.length != sum(e.raw_bytes for e in entries):
-            raise ArtifactError(f"{where}: raw length {stream.length} != {sum(e.raw_bytes for e in entries)} bytes of its tensors")
+        raw = sum(e.raw_bytes for e in entries)
+        if stream.transform is not None:
+            raw = SYMBOL_TRANSFORMS[stream.transform].length(raw, entries[0].bits)
+        if stream.coder == "raw" and stream.length != raw:
+            raise ArtifactError(f"{where}: raw length {stream.length} != {raw} bytes of its tensors")
+
+
+def _check_transform(header: Header, where: str, stream: StreamEntry, entries: list[TensorEntry]) -> None:
+    if stream.transform not in SYMBOL_TRANSFORMS:
+        raise ArtifactError(f"{where}: unknown transform {stream.transform!r} (known: {', '.join(SYMBOL_TRANSFORMS)})")
+    if len({(e.bits, e.grid) for e in entries}) != 1:
+        raise ArtifactError(f"{where}: a transformed stream's tensors must share bits and grid")
+    if any(e.role == "refs" and e.name in {m.name for m in entries} for e in header.tensors):
+        raise ArtifactError(f"{where}: a transformed stream holds no tensor with row references")
 
 
 def parse_artifact(data: bytes) -> ParsedArtifact:

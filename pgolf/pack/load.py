@@ -18,8 +18,10 @@ from pgolf.pack.artifact import ParsedArtifact, StreamEntry, TensorEntry, parse_
 from pgolf.pack.codecs import decompress, unshuffle_bytes
 from pgolf.pack.rowrefs import dereference
 from pgolf.pack.runs import decode_runs
+from pgolf.pack.transforms import SYMBOL_TRANSFORMS
 from pgolf.pack.modelconfig import expand_model_config
 from pgolf.model import build_model
+from pgolf.quant.grids import GRIDS
 from pgolf.quant.scheme import QuantizedTensor
 
 TORCH_DTYPES = {
@@ -46,15 +48,19 @@ def decode_symbol_stream(stream: StreamEntry, blob: bytes, entries: list[TensorE
         children = referenced.get(e.name, 0)
         parts.append([(rows - children, cols), (children, cols)] if children else [(rows, cols)])
     shapes = [(c, r) if stream.column else (r, c) for p in parts for r, c in p]
+    n = sum(r * c for r, c in shapes)
+    transform = SYMBOL_TRANSFORMS[stream.transform] if stream.transform else None
+    coded = [(1, transform.length(n, entries[0].bits))] if transform else shapes
     if stream.coder == "ans":
-        mats = decode_runs(blob, shapes)
+        flat = np.concatenate([m.ravel() for m in decode_runs(blob, coded)])
     else:
-        raw = decompress(blob, stream.coder, sum(r * c for r, c in shapes))
-        flat = np.frombuffer(raw, dtype=np.int8)
-        mats, start = [], 0
-        for rows, cols in shapes:
-            mats.append(flat[start : start + rows * cols].reshape(rows, cols).copy())
-            start += rows * cols
+        flat = np.frombuffer(decompress(blob, stream.coder, sum(r * c for r, c in coded)), dtype=np.int8)
+    if transform:
+        flat = transform.decode(flat.view(np.uint8), n, entries[0].bits, GRIDS[entries[0].grid or "symmetric"])
+    mats, start = [], 0
+    for rows, cols in shapes:
+        mats.append(flat[start : start + rows * cols].reshape(rows, cols).copy())
+        start += rows * cols
     mats = [np.ascontiguousarray(m.T) if stream.column else m for m in mats]
     out, at = [], 0
     for p in parts:
@@ -104,7 +110,8 @@ def quantized_tensors(parsed: ParsedArtifact, decoded: dict[PartKey, torch.Tenso
     for entry in parsed.header.tensors:
         if entry.role != "q":
             continue
-        qt = QuantizedTensor(entry.name, "", int(entry.bits), decoded[(entry.name, "q", None)], decoded[(entry.name, "scale", None)], entry.out_dtype, extras.get(entry.name, {}))
+        qt = QuantizedTensor(entry.name, "", int(entry.bits), decoded[(entry.name, "q", None)], decoded[(entry.name, "scale", None)], entry.out_dtype,
+                             extras.get(entry.name, {}), entry.scale_group or 0, entry.grid or "symmetric")
         qt.check()
         out[entry.name] = qt
     return out

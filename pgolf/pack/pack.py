@@ -5,7 +5,8 @@ role across layers such as every layer's ``attn.c_q.weight``, or a single tensor
 transposed first when `pack.layout` is column (the records' per-group layout, PR #1586). A
 stream is coded by the smallest of the coders `SYMBOL_CODERS[pack.compressor]` names: `ans`
 (`pgolf.pack.runs`: up to `pack.ans_clusters` distributions, one class per run) or a general
-codec of the stream's bytes. With `pack.row_refs`, near-duplicate rows are stored as differences
+codec of the stream's bytes, after `pack.transform` where it applies (`pgolf.pack.transforms`:
+ternary trits 5 per byte, Gray-coded bit packing). With `pack.row_refs`, near-duplicate rows are stored as differences
 from a similar row (`pgolf.pack.rowrefs`). Scales, extras and passthrough tensors are packed together, one
 *byte stream* per dtype (byte-shuffled if `pack.shuffle`), coded by `pack.side_codec`. Every part
 of a `QuantizedTensor` is stored generically: a new kind of extra needs no change here.
@@ -39,7 +40,9 @@ from pgolf.pack.modelconfig import compact_model_config
 from pgolf.pack.reference_fit import fit_references
 from pgolf.pack.rowrefs import reference
 from pgolf.pack.runs import BLOB_HEAD, encode_runs
+from pgolf.pack.transforms import SYMBOL_TRANSFORMS
 from pgolf.quant.apply import QuantizedModel, dtype_name, summarize_report
+from pgolf.quant.grids import GRIDS
 from pgolf.quant.store import load_quantized
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,29 @@ def stored_matrices(qm: QuantizedModel, names: list[str], column: bool, refs: di
     return [np.ascontiguousarray(m.T if column else m) for m in mats]
 
 
+def stream_transform(qm: QuantizedModel, names: list[str], mats: list[np.ndarray], params: PackParams, refs: dict[str, np.ndarray]) -> str | None:
+    """`pack.transform` where it applies to this stream (shared bits and grid, no row references), else None."""
+    if params.transform == "none" or any(name in refs for name in names):
+        return None
+    kinds = {(qm.quantized[name].bits, qm.quantized[name].grid) for name in names}
+    if len(kinds) != 1:
+        return None
+    bits, grid = kinds.pop()
+    flat = np.concatenate([m.ravel() for m in mats]) if mats else np.zeros(0, dtype=np.int8)
+    return params.transform if SYMBOL_TRANSFORMS[params.transform].applies(flat, bits, GRIDS[grid]) else None
+
+
+def stream_candidates(qm: QuantizedModel, names: list[str], params: PackParams, refs: dict[str, np.ndarray]) -> tuple[str | None, dict[str, bytes]]:
+    """(the transform applied or None, each coder's blob) of one symbol stream."""
+    mats = stored_matrices(qm, names, params.layout == "column", refs)
+    transform = stream_transform(qm, names, mats, params, refs)
+    if transform is not None:
+        qt = qm.quantized[names[0]]
+        flat = np.concatenate([m.ravel() for m in mats])
+        mats = [SYMBOL_TRANSFORMS[transform].encode(flat, qt.bits, GRIDS[qt.grid]).view(np.int8)[None, :]]
+    return transform, symbol_candidates(mats, params)
+
+
 def symbol_candidates(mats: list[np.ndarray], params: PackParams) -> dict[str, bytes]:
     """Each coder of `SYMBOL_CODERS[pack.compressor]` -> its blob of the stream."""
     out = {}
@@ -116,7 +142,7 @@ def side_parts(qm: QuantizedModel, refs: dict[str, np.ndarray]) -> list[tuple[di
         out_dtype = out_dtype_of(qm, name)
         if name in qm.quantized:
             qt = qm.quantized[name]
-            parts.append(({"name": name, "role": "scale", "shape": [int(qt.scale.numel())], "dtype": "float16", "out_dtype": out_dtype}, qt.scale.half()))
+            parts.append(({"name": name, "role": "scale", "shape": list(qt.scale_shape()), "dtype": "float16", "out_dtype": out_dtype}, qt.scale.half()))
             for part, tensor in qt.extras.items():
                 parts.append(({"name": name, "role": "extra", "part": part, "shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype), "out_dtype": out_dtype}, tensor))
             if name in refs:
@@ -144,17 +170,18 @@ def pack_model(qm: QuantizedModel, params: PackParams, meta: dict | None = None)
             refs[name] = found
     streams, entries, blobs, accounts = [], [], [], []
     for names in units.values():
-        candidates = symbol_candidates(stored_matrices(qm, names, column, refs), params)
+        transform, candidates = stream_candidates(qm, names, params, refs)
         coder = min(candidates, key=lambda c: len(candidates[c]))  # the first on ties
         index = len(streams)
-        streams.append({"coder": coder, "column": column} if column else {"coder": coder})
+        streams.append(({"coder": coder, "column": column} if column else {"coder": coder}) | ({"transform": transform} if transform else {}))
         blobs.append(candidates[coder])
         group = qm.quantized[names[0]].group
         accounts.append({"group": group, "coder": coder, "bytes": len(candidates[coder]), "ans_bytes": len(candidates["ans"]) if "ans" in candidates else None,
                          "model_bytes": model_section_bytes(candidates[coder]) if coder == "ans" else 0})
         for name in names:
             qt = qm.quantized[name]
-            entries.append({"name": name, "role": "q", "shape": list(qt.q.shape), "dtype": "int8", "out_dtype": out_dtype_of(qm, name), "bits": qt.bits, "stream": index})
+            entries.append({"name": name, "role": "q", "shape": list(qt.q.shape), "dtype": "int8", "out_dtype": out_dtype_of(qm, name), "bits": qt.bits, "stream": index}
+                           | ({"scale_group": qt.scale_group} if qt.scale_group else {}) | ({"grid": qt.grid} if qt.grid != "symmetric" else {}))
     side_bytes = 0
     by_dtype: dict[str, list[tuple[dict, torch.Tensor]]] = {}
     for entry, tensor in side_parts(qm, refs):

@@ -32,7 +32,7 @@ from scipy.optimize import nnls
 from pgolf.config.pack import PackParams
 from pgolf.config.quantize import FitWeights, QuantizeParams
 from pgolf.pack.entropy import order0_entropy_bits
-from pgolf.pack.pack import STREAM_UNITS, pack_model, stored_matrices, symbol_candidates
+from pgolf.pack.pack import STREAM_UNITS, pack_model, stream_candidates
 from pgolf.pack.reference_fit import fit_references
 from pgolf.quant.apply import QuantizedModel, dtype_name, quantize_state, quantize_tensor
 from pgolf.quant.gptq import relative_output_error, relative_reconstruction_error
@@ -117,8 +117,7 @@ def symbol_bytes(qts: dict[str, QuantizedTensor], pack: PackParams) -> int:
     for name, qt in qts.items():
         units.setdefault(STREAM_UNITS[pack.distribution](name, qt.group), []).append(name)
     holder = QuantizedModel({}, qts, {}, {})
-    streams = (stored_matrices(holder, names, pack.layout == "column", refs) for names in units.values())
-    return sum(min(map(len, symbol_candidates(s, pack).values())) for s in streams)
+    return sum(min(map(len, stream_candidates(holder, names, pack, refs)[1].values())) for names in units.values())
 
 
 @dataclass(frozen=True)

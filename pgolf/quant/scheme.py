@@ -3,7 +3,10 @@ packer writes and the artifact loader rebuilds. Dequantization is written once, 
 
     W_hat = symbols * scale[:, None]  +  sum over the extras' correction terms
 
-`symbols` are int8 with |q| <= 2**(bits-1) - 1, `scale` one float16 per row. `extras` are float
+`symbols` are int8 on the tensor's integer grid (`pgolf.quant.grids`; the default `symmetric`
+grid has |q| <= 2**(bits-1) - 1 and the value q * scale, others add an offset: (q + offset) * scale),
+`scale` one float16 per row, or with `scale_group` g > 0 one per run of g input columns of a row
+([rows, ceil(cols / g)], the last run may be shorter; issue 15: ternary and Q^2). `extras` are float
 tensors keyed ``"<term>.<part>"`` (e.g. ``"lowrank.u"``); `EXTRA_TERMS` maps each term to its
 module's parts, their validation and its additive correction: the load side, kept small because
 it is artifact runtime code (counted in bytes_code); each term is fitted by `<term>_fit.py`
@@ -22,7 +25,9 @@ import torch
 from torch import Tensor
 
 from pgolf.errors import ArtifactError
+from pgolf.model.ternary import expand_scales
 from pgolf.quant import lowrank, salient
+from pgolf.quant.grids import GRIDS
 
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 EXTRA_PART = re.compile(r"^([a-z][a-z0-9_]*)\.([a-z][a-z0-9_]*)$")
@@ -57,15 +62,21 @@ def qmax(bits: int) -> int:
 
 @dataclass(frozen=True)
 class QuantizedTensor:
-    """One quantized weight matrix: integer symbols, per-row scales, optional extras."""
+    """One quantized weight matrix: integer symbols, per-row (or per-group) scales, optional extras."""
 
     name: str
     group: str
     bits: int
     q: Tensor  # int8 [rows, cols]
-    scale: Tensor  # float16 [rows]
+    scale: Tensor  # float16 [rows], or [rows, ceil(cols / scale_group)] with scale_group > 0
     dtype: str  # dtype of the rebuilt weight (the original's)
     extras: Mapping[str, Tensor] = field(default_factory=dict)  # "<term>.<part>" -> float tensor
+    scale_group: int = 0  # input columns per scale; 0 = one scale per row
+    grid: str = "symmetric"  # a name of pgolf.quant.grids.GRIDS
+
+    def scale_shape(self) -> tuple[int, ...]:
+        rows, cols = self.q.shape
+        return (rows,) if not self.scale_group else (rows, -(-cols // self.scale_group))
 
     def check(self) -> None:
         """ArtifactError unless the parts fit together (shapes, ranges, known extras)."""
@@ -74,10 +85,17 @@ class QuantizedTensor:
             raise ArtifactError(f"{where}: symbols must be a 2-D int8 tensor")
         if not 2 <= self.bits <= 8:
             raise ArtifactError(f"{where}: bits {self.bits} outside [2, 8]")
-        if self.q.numel() and int(self.q.abs().max()) > qmax(self.bits):
-            raise ArtifactError(f"{where}: symbols exceed +-{qmax(self.bits)} for {self.bits} bits")
-        if tuple(self.scale.shape) != (self.q.shape[0],):
-            raise ArtifactError(f"{where}: scale shape {tuple(self.scale.shape)} does not match {self.q.shape[0]} rows")
+        if self.grid not in GRIDS:
+            raise ArtifactError(f"{where}: unknown grid {self.grid!r} (known: {', '.join(GRIDS)})")
+        lo, hi = GRIDS[self.grid].lo(self.bits), GRIDS[self.grid].hi(self.bits)
+        if self.q.numel() and not lo <= int(self.q.min()) <= int(self.q.max()) <= hi:
+            raise ArtifactError(f"{where}: symbols outside [{lo}, {hi}] for {self.bits} bits on the {self.grid} grid")
+        if self.scale_group < 0:
+            raise ArtifactError(f"{where}: scale_group {self.scale_group} is negative")
+        if tuple(self.scale.shape) != self.scale_shape():
+            raise ArtifactError(f"{where}: scale shape {tuple(self.scale.shape)} does not match {self.scale_shape()} for {tuple(self.q.shape)} symbols")
+        if self.extras and (self.scale_group or self.grid != "symmetric"):
+            raise ArtifactError(f"{where}: extras need one scale per row on the symmetric grid")
         if not bool(torch.isfinite(self.scale).all()):
             raise ArtifactError(f"{where}: non-finite scales")
         for term, parts in extras_by_term(self.extras, where).items():
@@ -96,8 +114,11 @@ class QuantizedTensor:
     def dequantize(self) -> Tensor:
         """W_hat in the original dtype (see the module docstring)."""
         scale = self.scale.float()
-        w = self.q.float() * scale.unsqueeze(1)
         rows, cols = self.q.shape
+        if self.scale_group or self.grid != "symmetric":
+            full = expand_scales(scale.view(rows, -1), self.scale_group or cols, cols)
+            return ((self.q.float() + GRIDS[self.grid].offset) * full).to(STORAGE_DTYPES.get(self.dtype, torch.float32))
+        w = self.q.float() * scale.unsqueeze(1)
         for term, parts in extras_by_term(self.extras, f"tensor {self.name}").items():
             correction = EXTRA_TERMS[term].correction(parts, scale, cols)
             if tuple(correction.shape) != (rows, cols):

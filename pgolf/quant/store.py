@@ -1,9 +1,9 @@
 """The `quantize` stage's output directory: quantized.safetensors + quantized.json.
 
-safetensors keys: ``q/<name>`` (int8 symbols), ``scale/<name>`` (float16 per-row scales),
-``extra/<name>/<term.part>`` (each extra of a `QuantizedTensor`), ``plain/<name>`` (passthrough
+safetensors keys: ``q/<name>`` (int8 symbols), ``scale/<name>`` (float16 per-row scales, or
+[rows, groups] per-group scales), ``extra/<name>/<term.part>`` (each extra of a `QuantizedTensor`), ``plain/<name>`` (passthrough
 tensors). The JSON holds the model config, the tied-weight aliases, each tensor's group, bits,
-extras and original dtype, and the per-tensor error report.
+extras, scale group, grid and original dtype, and the per-tensor error report.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def save_quantized(qm: QuantizedModel, out_dir: str | Path) -> None:
         "model_config": qm.model_config,
         "aliases": qm.aliases,
         "dtypes": qm.dtypes,
-        "quantized": {name: {"group": qt.group, "bits": qt.bits, "extras": list(qt.extras)} for name, qt in qm.quantized.items()},
+        "quantized": {name: {"group": qt.group, "bits": qt.bits, "extras": list(qt.extras), "scale_group": qt.scale_group, "grid": qt.grid} for name, qt in qm.quantized.items()},
         "order": list(qm.dtypes),
         "report": qm.report,
     }
@@ -56,7 +56,8 @@ def load_quantized(directory: str | Path) -> QuantizedModel:
             if name in info["quantized"]:
                 spec = info["quantized"][name]
                 extras = {part: tensors[f"extra/{name}/{part}"] for part in spec.get("extras", [])}
-                quantized[name] = QuantizedTensor(name, spec["group"], int(spec["bits"]), tensors[f"q/{name}"], tensors[f"scale/{name}"], info["dtypes"][name], extras)
+                quantized[name] = QuantizedTensor(name, spec["group"], int(spec["bits"]), tensors[f"q/{name}"], tensors[f"scale/{name}"], info["dtypes"][name], extras,
+                                                  int(spec.get("scale_group", 0)), spec.get("grid", "symmetric"))
             else:
                 passthrough[name] = tensors[f"plain/{name}"]
         return QuantizedModel(info["model_config"], quantized, passthrough, info["dtypes"], info["aliases"], info["report"])
