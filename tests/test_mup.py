@@ -13,7 +13,7 @@ from pgolf.config.train import OptimParams
 from pgolf.model import build_model
 from pgolf.model import mup
 from pgolf.model.gpt import GPT
-from pgolf.optim import Muon, build_optimizers, muon_update, newton_schulz
+from pgolf.optim import Muon, assign_groups, build_optimizers, muon_update, newton_schulz
 from pgolf.optim.coord_check import activation_rms, coord_check, width_exponents
 from pgolf.optim.muon import BASELINE_COEFFICIENTS, UPDATE_SCALES, baseline_scale, spectral_scale
 
@@ -106,6 +106,14 @@ def test_mup_init_weights(tied):
         assert model.tok_emb.weight.std().item() == pytest.approx(0.005, rel=0.05)
     else:
         assert not model.lm_head.weight.any()
+
+
+def test_mup_hidden_matrices_are_the_muon_group():
+    """muP's matrix-like parameters are exactly those Muon owns (the block matrices and the lifts)."""
+    model = GPT(config(64, 32, bigram_buckets=16, bigram_dim=8, value_embed_layers=[1], value_embed_dim=8, attn_out_gate=True))
+    hidden = {f"{name}.weight" for name, _ in mup.hidden_matrices(model)}
+    assert hidden == {name for name, _ in assign_groups(model)["matrix"]}
+    assert {"bigram.lift.weight", "value_embed.lift.weight"} <= hidden
 
 
 def test_mup_refuses_a_model_without_block_matrices():
