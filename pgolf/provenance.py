@@ -26,7 +26,9 @@ import platform
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from pgolf.data.shards import SHARDS_MANIFEST, SPLITS, list_shards
 KEY = "provenance"  # the key in a metrics file and in its timing sidecar
 CODE_PATHS = ("pgolf", "stages", "pyproject.toml")  # what "dirty" looks at: the code that ran, not its outputs
 CHUNK = 1 << 22
+HASH_THREADS = 8  # shards hash in parallel (hashlib releases the GIL): ~16 GB of official shards is disk-bound
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,13 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _hash_all(paths: list[Path]) -> list[str]:
+    if len(paths) < 2:
+        return [sha256_file(p) for p in paths]
+    with ThreadPoolExecutor(min(HASH_THREADS, len(paths))) as pool:
+        return list(pool.map(sha256_file, paths))
+
+
 def shard_files(shards_dir: str | Path, splits: Iterable[str] = SPLITS) -> list[Path]:
     """The shard files of `splits` in a shards directory, in list_shards order."""
     return [path for split in splits for path in list_shards(shards_dir, split)]
@@ -84,7 +94,7 @@ def data_fingerprint(shards: Iterable[str | Path], manifest: str | Path | None =
         manifest = shards[0].parent / SHARDS_MANIFEST
     out: dict[str, Any] = {
         "manifest_sha256": sha256_file(manifest) if manifest is not None and Path(manifest).is_file() else None,
-        "shards_sha256": {p.name: sha256_file(p) for p in shards},
+        "shards_sha256": dict(zip((p.name for p in shards), _hash_all(shards))),
     }
     if tokenizer is not None:
         out["tokenizer_sha256"] = sha256_file(tokenizer)
@@ -112,20 +122,30 @@ def git_state(root: str | Path | None = None) -> dict[str, Any]:
 
 
 def environment(device: Any = None, count: int = 1) -> dict[str, Any]:
-    """Versions and the device a stage ran on (`device` a torch.device or its name; default the CPU)."""
+    """Versions and the device a stage ran on (`device` a torch.device or its name). Without a device
+    (a stage that runs no model, e.g. the audit) torch is not imported: its version comes from the
+    package metadata, CUDA and driver are None and the device is the CPU."""
+    if device is None:
+        return {**_versions(_installed("torch"), None, None), "device": {"kind": "cpu", "count": count}}
     import torch
 
-    device = torch.device(device if device is not None else "cpu")
+    device = torch.device(device)
     cuda = device.type == "cuda"
     driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]) if cuda else None
-    return {
-        "pgolf": pgolf.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "driver": driver.splitlines()[0].strip() if driver else None,
-        "device": {"kind": torch.cuda.get_device_name(device) if cuda else device.type, "count": count},
-    }
+    kind = torch.cuda.get_device_name(device) if cuda else device.type
+    return {**_versions(torch.__version__, torch.version.cuda, driver.splitlines()[0].strip() if driver else None),
+            "device": {"kind": kind, "count": count}}
+
+
+def _versions(torch_version: str | None, cuda: str | None, driver: str | None) -> dict[str, Any]:
+    return {"pgolf": pgolf.__version__, "python": platform.python_version(), "torch": torch_version, "cuda": cuda, "driver": driver}
+
+
+def _installed(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def stage_provenance(sections: Mapping[str, Any], data: dict[str, Any] | None = None, device: Any = None, count: int = 1,

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,9 +63,16 @@ def test_data_fingerprint_of_shards_manifest_and_tokenizer(tmp_path):
 def test_environment_on_cpu():
     import torch
 
-    env = environment()
-    assert env["torch"] == torch.__version__ and env["device"] == {"kind": "cpu", "count": 1}
-    assert env["driver"] is None and env["pgolf"]
+    env = environment(torch.device("cpu"))
+    assert env["torch"] == torch.__version__ and env["cuda"] == torch.version.cuda
+    assert env["device"] == {"kind": "cpu", "count": 1} and env["driver"] is None and env["pgolf"]
+    assert environment(None, 1) == {**env, "cuda": None}  # a stage without a model: the same, CUDA unused
+
+
+def test_a_stage_without_a_model_does_not_import_torch():
+    code = "import sys; from pgolf.provenance import environment; e = environment(); print('torch' in sys.modules, e['torch'] is not None)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert out == ["False", "True"]
 
 
 def _git(repo: Path, *args: str) -> str:
