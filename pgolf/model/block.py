@@ -1,5 +1,7 @@
 """One transformer block: residual mix with the embedding, pre-norm attention and MLP with
-learned per-channel output scales; optionally the two-lane (parallel residual) form."""
+learned per-channel output scales; optionally the two-lane (parallel residual) form. In the
+`conv_layers` the attention sublayer is a short convolution (pgolf.model.shortconv); `layer` is
+the physical block index (pgolf.model.sharing)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from pgolf.model.layers import RMSNorm
 from pgolf.model.linears import LinearFactory
 from pgolf.model.lnscale import ln_scale
 from pgolf.model.mlp import MLP
-from pgolf.model.docmask import DocumentMask
+from pgolf.model.docmask import DocumentMask, mask_segments
+from pgolf.model.shortconv import ShortConv
 
 
 class Block(nn.Module):
@@ -23,7 +26,9 @@ class Block(nn.Module):
         self.layer = layer
         self.attn_norm = RMSNorm(config.norm_eps)
         self.mlp_norm = RMSNorm(config.norm_eps)
-        self.attn = CausalSelfAttention(config, layer, linear)
+        # The token mixer: attention, or in a conv layer the short convolution (and no attention).
+        self.conv = ShortConv(dim, config.conv_kernel) if layer in config.conv_layers else None
+        self.attn = None if self.conv is not None else CausalSelfAttention(config, layer, linear)
         self.mlp = MLP(config, layer, linear)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
@@ -44,9 +49,15 @@ class Block(nn.Module):
         y = norm(x)
         return y if self.norm_scale is None else y * self.norm_scale
 
+    def mix_tokens(self, x: Tensor, segments: Tensor | DocumentMask | None, value_embed: Tensor | None) -> Tensor:
+        """The sublayer that reads other positions: attention, or the convolution (within documents)."""
+        if self.conv is not None:
+            return self.conv(x, mask_segments(segments))
+        return self.attn(x, segments, value_embed)
+
     def forward(self, x: Tensor, x0: Tensor, segments: Tensor | DocumentMask | None = None, value_embed: Tensor | None = None) -> Tensor:
         x = self.mixed(x, x0)
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self.normed(self.attn_norm, x), segments, value_embed)
+        x = x + self.attn_scale.to(x.dtype) * self.mix_tokens(self.normed(self.attn_norm, x), segments, value_embed)
         x = x + self.mlp_scale.to(x.dtype) * self.mlp(self.normed(self.mlp_norm, x))
         return x
 
@@ -55,6 +66,6 @@ class Block(nn.Module):
         if self.lane_mix is None:
             raise ValueError(f"block {self.layer} has no lanes (parallel_from is off or above it)")
         attn_lane, mlp_lane = lanes
-        attn_out = self.attn_scale.to(attn_lane.dtype) * self.attn(self.normed(self.attn_norm, self.mixed(attn_lane, x0)), segments, value_embed)
+        attn_out = self.attn_scale.to(attn_lane.dtype) * self.mix_tokens(self.normed(self.attn_norm, self.mixed(attn_lane, x0)), segments, value_embed)
         mlp_out = self.mlp_scale.to(mlp_lane.dtype) * self.mlp(self.normed(self.mlp_norm, mlp_lane))
         return self.lane_mix(lanes, attn_out, mlp_out)

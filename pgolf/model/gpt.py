@@ -7,6 +7,8 @@ Record-stack options (each off by default; off, the model is the baseline bit fo
 and SmearGate on the embedding, value embeddings, depth recurrence (the blocks run in a logical
 order that repeats a span; the U-Net halves and skips follow that order), skip gates, LN scale,
 parallel lanes, document attention and the asymmetric softcap. Their modules are named after them.
+Issue 15: recursive weight sharing (P blocks cycled over the layers: pgolf.model.sharing), local
+attention (pgolf.model.window) and short-convolution layers (pgolf.model.shortconv).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from pgolf.config.model import ModelParams
 from pgolf.errors import ParamsError
 from pgolf.model.bigram import BigramHash
 from pgolf.model.block import Block
-from pgolf.model.docmask import document_mask, document_segments
+from pgolf.model.docmask import DocumentMask, MaskRule, attention_mask, document_segments
 from pgolf.model.lanes import Lanes, final_lane, lane_start
 from pgolf.model.linears import BLOCK_LINEARS, LinearFactory
 from pgolf.model import mup
 from pgolf.model.layers import CastedLinear, RMSNorm, rms_norm
 from pgolf.model.recurrence import logical_layers, unet_halves
+from pgolf.model.sharing import physical_blocks, shared_order, sharing_error
 from pgolf.model.skips import merge_skip
 from pgolf.model.smear import SmearGate
 from pgolf.model.softcap import AsymmetricSoftcap, softcap
@@ -39,15 +42,20 @@ class GPT(nn.Module):
         super().__init__()
         if config.vocab_size is None:
             raise ParamsError("train.model.vocab_size: must be resolved (from the shards' manifest) before building the model")
+        problem = sharing_error(config)
+        if problem:
+            raise ParamsError(f"train.model.{problem}")
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.width)
         # The module all block matrices share (a hypernetwork), or None (dense: the baseline).
         self.linear_shared = BLOCK_LINEARS[config.block_linear].shared(config)
         linear = LinearFactory(config, self.linear_shared)
-        self.blocks = nn.ModuleList(Block(config, layer, linear) for layer in range(config.layers))
-        # (encoder, decoder) block orders with depth recurrence on (True) and off (False).
-        looped = logical_layers(config.layers, config.recur_start, config.recur_end, config.recur_loops)
-        self.orders = {True: unet_halves(looped), False: unet_halves(list(range(config.layers)))}
+        self.blocks = nn.ModuleList(Block(config, layer, linear) for layer in range(physical_blocks(config)))
+        # (encoder, decoder) block orders with depth recurrence on (True) and off (False); with
+        # shared blocks both are the cycled order (the config refuses sharing with recurrence).
+        plain = shared_order(config.layers, physical_blocks(config))
+        looped = logical_layers(config.layers, config.recur_start, config.recur_end, config.recur_loops) if config.recur_loops else plain
+        self.orders = {True: unet_halves(looped), False: unet_halves(plain)}
         self.recurrence_active = True
         try:
             self.lane_starts = {active: lane_start(*order, config.parallel_from) for active, order in self.orders.items()}
@@ -92,7 +100,7 @@ class GPT(nn.Module):
         for attention (computed from BOS positions when doc_attention is on and none are given)."""
         if segments is None and self.config.doc_attention:
             segments = document_segments(idx, self.config.bos_id)
-        mask = None if segments is None else document_mask(segments)  # built once, shared by every layer
+        mask = self.attention_mask(segments, idx)  # built once, shared by every layer
         x = self.embed(idx)
         x0 = x
         shared_ve = None if self.value_embed is None else self.value_embed(idx)
@@ -124,6 +132,13 @@ class GPT(nn.Module):
         if self.config.mup_base_width is not None:
             logits = logits * mup.logit_multiplier(self.config)
         return self.cap(logits)
+
+    def attention_mask(self, segments: Tensor | None, idx: Tensor) -> DocumentMask | None:
+        """The documents' and the window's mask for `idx` [B, T]; None for plain causal attention."""
+        window = self.config.attention_window
+        if segments is None and not window:
+            return None
+        return attention_mask(MaskRule(idx.size(1), idx.device, segments, window))
 
     def value_embed_for(self, shared: Tensor | None, layer: int) -> Tensor | None:
         return None if shared is None or self.value_embed is None else self.value_embed.for_layer(shared, layer)
