@@ -8,9 +8,11 @@ MLPs; their outputs are a row factor r [out, rank] and a column factor c [in, ra
 The trunks A, B [hidden, 2e] are shared by every matrix; the output heads R_t [out*rank, hidden] and
 C_t [in*rank, hidden] exist once per matrix type (the types' shapes differ). A layer computes
 (x @ c) @ r^T / sqrt(in * rank) and never forms W. The heads of role "attn.q" are named heads.attn.q,
-so the quantizer's name groups (attention, mlp) apply to them as to the dense matrices they replace. The hypernetwork holds every parameter; a HyperLinear
-holds none, only a plain (unregistered) reference to it, so a state dict lists the hypernetwork once,
-and loading it regenerates all the layers. Nothing is cached: each call computes its factors afresh.
+so the quantizer's name groups (attention, mlp) apply to them as to the dense matrices they replace.
+
+The hypernetwork holds every parameter; a HyperLinear holds none, only a plain (unregistered)
+reference to it, so a state dict lists the hypernetwork once and loading it regenerates all the
+layers. Nothing is cached: each call computes its factors afresh from the current weights.
 """
 
 from __future__ import annotations
