@@ -4,9 +4,11 @@ Every stage's timing sidecar (metrics/timing/<stage>.json, see `pgolf.io.timing_
 `wall_seconds` (the stage's whole run in its process) and `phases` (disjoint parts of it, in
 seconds; what is left is set-up and bookkeeping), recorded by `Phases`:
 train: startup, compile_warmup (the session's first optimizer step, where torch.compile compiles),
-loop (the other steps), hessians (GPTQ Hessians on the training ranks); calibrate: hessians;
-quantize: solve; pack: compress; eval: precompute (validation stream, artifact decoded), scoring
-(the method with pgolf's legality check), gap (the float checkpoint, for the quantization gap).
+loop (the rest of the loop in wall time, with mid-run validation and checkpoints; the leaderboard's
+timer is `wallclock_seconds`, the steps alone, first included: pgolf resets no warm-up steps),
+hessians (GPTQ Hessians on the training ranks); calibrate: hessians; quantize: solve; pack:
+compress; eval: precompute (validation stream, artifact decoded), scoring (the method with pgolf's
+legality check), gap (the float checkpoint, for the quantization gap).
 
 The readings (`readings`), as the leaderboard took them (CHALLENGE.md; issue 16: records differed
 on whether Hessian collection counts, e.g. 599.6 + 6.9 s in one record, 596 + 4.1 s in another):
