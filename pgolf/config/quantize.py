@@ -16,6 +16,21 @@ class GroupQuant(Section):
     bits: int = Field(6, ge=2, le=8, description="signed symmetric bit width: 2*(2**(bits-1)-1)+1 levels")
     k: float = Field(12.0, gt=0.0, le=1000.0, description="scale=std: per-row scale k*std(row)/qmax, std with Bessel's correction as the records' SDClip (records: attention 13.0, MLP 11.5, embedding 14, other 12.85)")
     salient: int = Field(0, ge=0, le=65536, description="AWQ-lite (#1908): columns per salient block of this group's matrices, kept at quantize.salient_bits inside the same solve; 0 = off (records: 64 at width 512)")
+    grid: str = Field("symmetric", description="a name of pgolf.quant.grids.GRIDS, the integer grid of the symbols: symmetric (q*s, zero a level: 2*(2**(bits-1)-1)+1 levels) | midrise ((q+1/2)*s, all 2**bits levels, no zero: the Q^2 proposal's grid, 2 bits = {-3,-1,1,3}*s/2)")
+    scale_group: int = Field(0, ge=0, le=65536, description="input columns sharing one float16 scale (Q^2: per-group scales); 0 = one scale per row (the records')")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, value: str) -> str:
+        from pgolf.quant.grids import GRIDS
+
+        return known_name(value, GRIDS)
+
+    @model_validator(mode="after")
+    def _plain_rows(self) -> "GroupQuant":
+        if self.salient and (self.scale_group or self.grid != "symmetric"):
+            raise ValueError("salient blocks need one scale per row on the symmetric grid (scale_group 0, grid symmetric)")
+        return self
 
 
 class FitWeights(Section):
@@ -31,7 +46,7 @@ class FitWeights(Section):
 class QuantizeParams(Section):
     """`quantize`: per-row integer weights with GPTQ (or round-to-nearest) per tensor group."""
 
-    method: str = Field("gptq", description="a name of pgolf.quant.methods.QUANTIZERS: gptq (Hessian-aware error feedback) | rtn (round-to-nearest baseline)")
+    method: str = Field("gptq", description="a name of pgolf.quant.methods.QUANTIZERS: gptq (Hessian-aware error feedback) | rtn (round-to-nearest baseline) | ternary (train.model.block_linear=ternary checkpoints: the block matrices stored exactly as the model ternarizes them, trits + per-group float16 scales (#640); the other matrices by gptq at their group's bits, the record's 8)")
     scale: str = Field("std", description="a name of pgolf.quant.methods.SCALE_RULES: std (k*std(row)/qmax) | clip_search (best of clip_candidates ratios of max|row|)")
     clip_candidates: int = Field(32, ge=2, le=1024, description="scale=clip_search: clip ratios tried per row, from 0.3 to 1")
     attention: GroupQuant = Field(GroupQuant(bits=6, k=12.0), description="attention projections (names containing attn)")
@@ -77,6 +92,9 @@ class QuantizeParams(Section):
     def _k_range(self) -> "QuantizeParams":
         if self.fit_k_min > self.fit_k_max:
             raise ValueError(f"fit_k_min {self.fit_k_min} exceeds fit_k_max {self.fit_k_max}")
+        grouped = [g for g in ("attention", "mlp", "embedding", "other") if getattr(self, g).scale_group or getattr(self, g).grid != "symmetric"]
+        if self.lowrank_rank and grouped:
+            raise ValueError(f"lowrank needs one scale per row on the symmetric grid; {', '.join(grouped)} set scale_group or grid")
         return self
 
     @field_validator("method", "scale")

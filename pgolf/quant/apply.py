@@ -17,7 +17,8 @@ from pgolf.quant.gptq import relative_output_error, relative_reconstruction_erro
 from pgolf.quant.groups import is_quantizable, tensor_group, unique_tensors
 from pgolf.quant.lowrank_fit import fit_lowrank, top_by_residual
 from pgolf.quant.methods import QUANTIZERS, SCALE_RULES
-from pgolf.quant.rtn import dequantize, qmax_for_bits, rtn
+from pgolf.model.ternary import expand_scales
+from pgolf.quant.rtn import as_fp16_scale, levels_for, qmax_for_bits, rtn
 from pgolf.quant.salient_fit import choose_blocks, column_saliency, multipliers, split
 from pgolf.quant.scheme import STORAGE_DTYPES, QuantizedTensor
 
@@ -70,9 +71,32 @@ def salient_blocks(w: torch.Tensor, h: torch.Tensor | None, params: QuantizePara
     return (starts, shift) if starts.numel() else None
 
 
+def group_scales(w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, spec: GroupQuant) -> torch.Tensor:
+    """[rows, groups] scales of the group's scale rule on each run of spec.scale_group columns
+    (one run per row when 0), reaching the grid's span; positive float16 values."""
+    levels = levels_for(spec.grid, spec.bits)
+    size = spec.scale_group or w.shape[1]
+    runs = [(j, min(j + size, w.shape[1])) for j in range(0, w.shape[1], size)]
+    rule = SCALE_RULES[params.scale]
+    scale = torch.cat([rule(w[:, a:b], params, spec.k, levels.hi + levels.offset, None if h is None else h[a:b, a:b], levels) for a, b in runs], dim=1)
+    return as_fp16_scale(torch.nan_to_num(scale, nan=0.0))  # a 1-column run has no std: smallest scale
+
+
+def quantize_on_grid(w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, spec: GroupQuant) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(q int8, scale [rows, groups], method used) on the group's grid with per-group scales."""
+    scale = group_scales(w, h, params, spec)
+    full = expand_scales(scale, spec.scale_group or w.shape[1], w.shape[1])
+    method = "rtn" if QUANTIZERS[params.method].needs_hessian and h is None else params.method
+    return QUANTIZERS[method].quantize(w, h, full, qmax_for_bits(spec.bits), params, None, levels_for(spec.grid, spec.bits)), scale, method
+
+
 def quantize_tensor(name: str, group: str, w: torch.Tensor, h: torch.Tensor | None, params: QuantizeParams, dtype: str) -> tuple[QuantizedTensor, str]:
     """One matrix -> (its QuantizedTensor with salient blocks if on, the quantizer used)."""
     spec: GroupQuant = getattr(params, group)
+    if spec.scale_group or spec.grid != "symmetric":
+        q, scale, method = quantize_on_grid(w, h, params, spec)
+        scale = scale.half() if spec.scale_group else scale.squeeze(1).half()
+        return QuantizedTensor(name, group, spec.bits, q, scale, dtype, {}, spec.scale_group, spec.grid), method
     blocks = salient_blocks(w, h, params, spec)
     mult = None if blocks is None else multipliers(w.shape[1], blocks[0], spec.salient, blocks[1])
     q, scale, method = quantize_matrix(w, h, params, spec.bits, spec.k, mult)
@@ -85,7 +109,8 @@ def quantize_tensor(name: str, group: str, w: torch.Tensor, h: torch.Tensor | No
 def tensor_report(qt: QuantizedTensor, method: str, w: torch.Tensor, h: torch.Tensor | None) -> dict:
     """Errors of the rebuilt weight (symbols and salient blocks), and of plain RTN at the same scale."""
     w_hat = qt.dequantize().float()
-    scale = qt.scale.float().unsqueeze(1)
+    scale = expand_scales(qt.scale.float().view(w.shape[0], -1), qt.scale_group or w.shape[1], w.shape[1])
+    levels = levels_for(qt.grid, qt.bits)
     row = {
         "name": qt.name,
         "group": qt.group,
@@ -100,7 +125,7 @@ def tensor_report(qt: QuantizedTensor, method: str, w: torch.Tensor, h: torch.Te
         row["salient_columns"] = [int(c) for c in qt.extras["salient.start"].tolist()]
     if h is not None:
         row["rel_output_err"] = relative_output_error(w, w_hat, h)
-        row["rel_output_err_rtn"] = relative_output_error(w, dequantize(rtn(w, scale, qmax_for_bits(qt.bits)), scale), h)
+        row["rel_output_err_rtn"] = relative_output_error(w, (rtn(w, scale, levels.hi, None, levels).float() + levels.offset) * scale, h)
     return row
 
 
@@ -144,7 +169,9 @@ def quantize_state(
             continue
         h = next((hessians[n] for n in names_of[name] if n in hessians), None)
         w = tensor.float()
-        quantized[name], method = quantize_tensor(name, tensor_group(name), w, h, params, dtypes[name])
+        whole = QUANTIZERS[params.method].tensor
+        special = None if whole is None else whole(name, tensor_group(name), w, model_config, dtypes[name])
+        quantized[name], method = (special, params.method) if special is not None else quantize_tensor(name, tensor_group(name), w, h, params, dtypes[name])
         weights[name], matrix_hessians[name] = w, h
         row = tensor_report(quantized[name], method, w, h)
         report.append(row)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from pgolf.quant.rtn import quantize
+from pgolf.quant.rtn import Levels, quantize, quantize_levels
 
 MAX_DAMP_RETRIES = 6
 
@@ -78,6 +78,7 @@ def gptq(
     damp_frac: float = 0.01,
     act_order: bool = True,
     mult: torch.Tensor | None = None,
+    levels: Levels | None = None,
 ) -> torch.Tensor:
     """Quantize ``w`` [rows, cols] against input second moments ``h`` [cols, cols].
 
@@ -85,6 +86,8 @@ def gptq(
     order, with ``|q| <= maxq``. With ``h`` a multiple of the identity this equals round-to-nearest.
     With `mult` (int [cols]), column j is rounded in the same solve on a grid mult[j] times finer
     (symbols in units of scale / mult[j], ``|q| <= maxq * mult[j]``): mixed precision, AWQ-lite.
+    With `levels` (another integer grid, `pgolf.quant.grids`), columns are rounded on that grid and
+    `scale` may be [rows, cols] (per-group scales expanded), each column with its own.
     """
     rows, cols = w.shape
     if h.shape != (cols, cols):
@@ -99,6 +102,9 @@ def gptq(
     h = h[perm][:, perm]
     h_inv = upper_cholesky_of_inverse(h, damp_frac)
     mults = [1] * cols if mult is None else mult[perm].tolist()
+    per_column = scale.shape[-1] == cols and cols > 1
+    if per_column:
+        scale = scale[:, perm]
     q = torch.zeros_like(w)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -107,11 +113,18 @@ def gptq(
         h_inv_blk = h_inv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = w_blk[:, i : i + 1]  # [rows, 1]
-            m = mults[i1 + i]
-            step = scale if m == 1 else scale / m
-            q_col = quantize(col, step, maxq * m)
-            q[:, i1 + i : i1 + i + 1] = q_col
-            err = (col - q_col * step) / h_inv_blk[i, i]
+            base = scale[:, i1 + i : i1 + i + 1] if per_column else scale
+            if levels is not None:
+                step = base
+                q_col = quantize_levels(col, step, levels)
+                q[:, i1 + i : i1 + i + 1] = q_col
+                err = (col - (q_col + levels.offset) * step) / h_inv_blk[i, i]
+            else:
+                m = mults[i1 + i]
+                step = base if m == 1 else base / m
+                q_col = quantize(col, step, maxq * m)
+                q[:, i1 + i : i1 + i + 1] = q_col
+                err = (col - q_col * step) / h_inv_blk[i, i]
             w_blk[:, i:] -= err @ h_inv_blk[i : i + 1, i:]
             err_blk[:, i : i + 1] = err
         w[:, i2:] -= err_blk @ h_inv[i1:i2, i2:]  # lazy batch update of the remaining columns
