@@ -1,0 +1,1 @@
+"""A submission's record folder (`pgolf submission export`) and its self-contained train_gpt.py."""
