@@ -6,8 +6,10 @@ steps; report each run's final losses, the best learning rate per width, and the
 The models differ only in width: 4 layers, head size 32 at every width (the head count grows; muP
 keeps attention's 1/sqrt(head_dim)), MLP 2x, tied embeddings, everything else at the defaults. Every
 run sees the same batches (seeded windows of the training shards) and is scored on the same
-validation windows. One torch thread per run, `--jobs` runs at once. Writes `--out` (markdown,
-generated: do not edit by hand).
+validation windows. One torch thread per run, `--jobs` runs at once, narrowest width first. Each
+finished run is appended to `--cache` (JSON lines; a rerun with the same settings skips the runs
+found there) and `--out` (markdown, generated: do not edit by hand) is rewritten after every run,
+pending runs marked as such.
 
     nice -n 10 .venv/bin/python bench/mup_transfer.py [--steps 150] [--batch 8] [--jobs 2] [--out docs/mup_transfer.md]
 """
@@ -21,7 +23,7 @@ import multiprocessing
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,25 @@ def train_run(run: Run, setup: Setup) -> dict:
     return dict(run=run, losses=losses, val_loss=val_loss if math.isfinite(val_loss) else math.inf, coords=coords, seconds=seconds, cpu=cpu)
 
 
+def load_cache(path: Path, setup: Setup) -> list[dict]:
+    """The cached results of runs with these exact settings."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if entry["setup"] == asdict(setup):
+            out.append({**entry["result"], "run": Run(**entry["result"]["run"])})
+    return out
+
+
+def append_cache(path: Path, setup: Setup, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"setup": asdict(setup), "result": {**result, "run": asdict(result["run"])}}
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
 def _worker(args: tuple[Run, Setup]) -> dict:
     return train_run(*args)
 
@@ -117,11 +138,13 @@ def fmt_lr(lr: float) -> str:
     return f"{lr:g}"
 
 
-def best_lrs(results: list[dict], mup: bool, widths: list[int]) -> dict[int, float]:
+def best_lrs(results: list[dict], mup: bool, widths: list[int], lrs: list[float]) -> dict[int, float]:
+    """Width -> the lr of lowest validation loss, for the widths whose whole lr grid has finished."""
     out = {}
     for width in widths:
         runs = [r for r in results if r["run"].mup == mup and r["run"].width == width]
-        out[width] = min(runs, key=lambda r: r["val_loss"])["run"].lr
+        if {r["run"].lr for r in runs} >= set(lrs):
+            out[width] = min(runs, key=lambda r: r["val_loss"])["run"].lr
     return out
 
 
@@ -131,8 +154,15 @@ def smoothed_curve(losses: list[float], steps: int) -> list[float]:
     return [float(np.mean(losses[i * span : (i + 1) * span])) if len(losses) >= (i + 1) * span else math.inf for i in range(CURVE_POINTS)]
 
 
-def report(results: list[dict], setup: Setup, widths: list[int], lrs: list[float], default_lr: float, command: str, wall: float) -> str:
+def loss_cell(r: dict | None) -> str:
+    if r is None:
+        return "pending"
+    return "diverged" if not math.isfinite(r["val_loss"]) else f"{r['val_loss']:.4f}"
+
+
+def report(results: list[dict], setup: Setup, widths: list[int], lrs: list[float], default_lr: float, command: str, total: int) -> str:
     by = {(r["run"].width, r["run"].lr, r["run"].mup): r for r in results}
+    done = "all runs finished" if len(results) >= total else f"PARTIAL: {len(results)} of {total} runs finished, the rest pending"
     lines = [
         "# muP learning-rate transfer (issue 15 item 3)",
         "",
@@ -143,53 +173,61 @@ def report(results: list[dict], setup: Setup, widths: list[int], lrs: list[float
         f"{setup.layers} layers, head size {HEAD_DIM} (heads = width/{HEAD_DIM}, kv heads half), seq {setup.seq}, "
         f"{setup.batch} sequences per step, {setup.steps} steps (warmdown over the last {WARMDOWN:.0%}), the default corpus "
         f"shards ({setup.shards}); muP base width {setup.base}; Adam groups at their defaults. Loss: nats per token on the "
-        f"same {setup.val_seqs} validation windows for every run. The sweep: {len(results)} runs, "
-        f"{sum(r['cpu'] for r in results) / 60:.1f} CPU-minutes of training (one thread per run), {wall / 60:.1f} min of wall clock "
-        "on a shared 2-core machine.",
+        f"same {setup.val_seqs} validation windows for every run. Status: {done}; "
+        f"{sum(r['cpu'] for r in results) / 60:.1f} CPU-minutes of training so far (one thread per run).",
         "",
         "## Final validation loss per Muon learning rate",
         "",
         "| Muon lr | " + " | ".join(f"SP {w} | muP {w}" for w in widths) + " |",
         "|---:|" + "---:|" * (2 * len(widths)),
     ]
-    best = {mup: best_lrs(results, mup, widths) for mup in (False, True)}
+    best = {mup: best_lrs(results, mup, widths, lrs) for mup in (False, True)}
     for lr in lrs:
         cells = []
         for w in widths:
             for mup in (False, True):
-                r = by[(w, lr, mup)]
-                text = "diverged" if not math.isfinite(r["val_loss"]) else f"{r['val_loss']:.4f}"
-                cells.append(f"**{text}**" if best[mup][w] == lr else text)
+                text = loss_cell(by.get((w, lr, mup)))
+                cells.append(f"**{text}**" if best[mup].get(w) == lr else text)
         lines.append(f"| {fmt_lr(lr)} | " + " | ".join(cells) + " |")
-    lines += ["", "## Best Muon learning rate per width (bold above)", "", "| | " + " | ".join(str(w) for w in widths) + " | transfers from " + str(widths[0]) + " |", "|---|" + "---:|" * (len(widths) + 1)]
+    first_w = widths[0]
+    lines += ["", "## Best Muon learning rate per width (bold above)", "",
+              "| | " + " | ".join(str(w) for w in widths) + f" | same as at {first_w} |", "|---|" + "---:|" * (len(widths) + 1)]
     for mup, name in ((False, "SP (mup_base_width null)"), (True, f"muP (base {setup.base})")):
-        lrs_at = best[mup]
-        first = lrs_at[widths[0]]
-        holds = all(lrs_at[w] == first for w in widths)
-        shift = ", ".join(f"{w}: x{lrs_at[w] / first:g}" for w in widths[1:])
-        lines.append(f"| {name} | " + " | ".join(fmt_lr(lrs_at[w]) for w in widths) + f" | {'yes' if holds else 'no (' + shift + ')'} |")
-    # the loss given up at each width by using the lr that was best at the narrowest width
-    lines += ["", "Loss paid at each width for using the narrowest width's best lr instead of that width's own best:", ""]
+        at = best[mup]
+        cells = [fmt_lr(at[w]) if w in at else "pending" for w in widths]
+        verdict = "pending"
+        if first_w in at and len(at) > 1:
+            shifts = [f"{w}: x{at[w] / at[first_w]:g}" for w in widths[1:] if w in at and at[w] != at[first_w]]
+            verdict = ("no (" + ", ".join(shifts) + ")") if shifts else "yes"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
+    lines += ["", f"Loss paid at each width for using the best lr of width {first_w} instead of that width's own best:", ""]
     for mup, name in ((False, "SP"), (True, "muP")):
-        first = best[mup][widths[0]]
-        paid = ", ".join(f"{w}: {by[(w, first, mup)]['val_loss'] - by[(w, best[mup][w], mup)]['val_loss']:+.4f}" for w in widths[1:])
-        lines.append(f"- {name}: {paid}")
-    lines += ["", f"## Train-loss curves at each width's best lr (mean over fifths of the run)", "", "| run | lr | " + " | ".join(f"{i + 1}/{CURVE_POINTS}" for i in range(CURVE_POINTS)) + " | CPU s |", "|---|---:|" + "---:|" * (CURVE_POINTS + 1)]
+        at = best[mup]
+        paid = [f"{w}: {by[(w, at[first_w], mup)]['val_loss'] - by[(w, at[w], mup)]['val_loss']:+.4f}" for w in widths[1:] if first_w in at and w in at]
+        lines.append(f"- {name}: " + (", ".join(paid) or "pending"))
+    lines += ["", "## Train-loss curves at each width's best lr (mean over fifths of the run)", "",
+              "| run | lr | " + " | ".join(f"{i + 1}/{CURVE_POINTS}" for i in range(CURVE_POINTS)) + " | CPU s |", "|---|---:|" + "---:|" * (CURVE_POINTS + 1)]
     for mup, name in ((False, "SP"), (True, "muP")):
         for w in widths:
-            r = by[(w, best[mup][w], mup)]
-            curve = " | ".join(f"{x:.3f}" for x in smoothed_curve(r["losses"], setup.steps))
-            lines.append(f"| {name} {w} | {fmt_lr(best[mup][w])} | {curve} | {r['cpu']:.0f} |")
+            if w in best[mup]:
+                r = by[(w, best[mup][w], mup)]
+                curve = " | ".join(f"{x:.3f}" for x in smoothed_curve(r["losses"], setup.steps))
+                lines.append(f"| {name} {w} | {fmt_lr(best[mup][w])} | {curve} | {r['cpu']:.0f} |")
     lines += ["", f"## Coordinate check at Muon lr {fmt_lr(default_lr)}: RMS after training, and its width exponent", "",
-              "Exponent a of RMS ~ width^a from the narrowest to the widest width: 0 = flat (muP's promise).", ""]
-    names = list(by[(widths[0], default_lr, False)]["coords"])
-    lines += ["| layer | " + " | ".join(f"SP {w}" for w in widths) + " | SP a | " + " | ".join(f"muP {w}" for w in widths) + " | muP a |", "|---|" + "---:|" * (2 * len(widths) + 2)]
-    exps = {mup: width_exponents({w: by[(w, default_lr, mup)]["coords"] for w in widths}) for mup in (False, True)}
-    for name in names:
-        cells = []
-        for mup in (False, True):
-            cells += [f"{by[(w, default_lr, mup)]['coords'][name]:.3f}" for w in widths] + [f"{exps[mup][name]:+.2f}"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+              "Exponent a of RMS ~ width^a from the narrowest to the widest finished width: 0 = flat (muP's promise).", ""]
+    have = {mup: {w: by[(w, default_lr, mup)]["coords"] for w in widths if (w, default_lr, mup) in by and by[(w, default_lr, mup)]["coords"]} for mup in (False, True)}
+    if all(len(have[mup]) >= 2 for mup in (False, True)):
+        exps = {mup: width_exponents(have[mup]) for mup in (False, True)}
+        names = list(next(iter(have[False].values())))
+        lines += ["| layer | " + " | ".join(f"SP {w}" for w in widths) + " | SP a | " + " | ".join(f"muP {w}" for w in widths) + " | muP a |",
+                  "|---|" + "---:|" * (2 * len(widths) + 2)]
+        for layer in names:
+            cells = []
+            for mup in (False, True):
+                cells += [f"{have[mup][w][layer]:.3f}" if w in have[mup] else "pending" for w in widths] + [f"{exps[mup][layer]:+.2f}"]
+            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    else:
+        lines.append("pending")
     return "\n".join(lines) + "\n"
 
 
@@ -202,29 +240,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8, help="sequences per step")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--base", type=int, default=128, help="muP base width")
     ap.add_argument("--val-seqs", type=int, default=64)
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--cache", default=".cache/pgolf/mup_transfer.jsonl", help="finished runs (JSON lines), reused by a rerun")
     ap.add_argument("--out", default="docs/mup_transfer.md")
     args = ap.parse_args(argv)
     if args.default_lr not in args.lrs:
         ap.error(f"--default-lr {args.default_lr} must be one of --lrs")
     setup = Setup(args.shards, args.layers, args.seq, args.batch, args.steps, args.base, args.val_seqs, args.seed)
-    # widest first, so that the longest runs do not end the sweep alone
-    runs = [Run(w, lr, mup) for w in sorted(args.widths, reverse=True) for lr in args.lrs for mup in (False, True)]
-    start = time.perf_counter()
-    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-        results = []
-        for r in pool.imap_unordered(_worker, [(run, setup) for run in runs]):
-            results.append(r)
-            run = r["run"]
-            print(f"[{len(results)}/{len(runs)}] width {run.width} lr {run.lr:g} {'muP' if run.mup else 'SP '}: val {r['val_loss']:.4f} ({r['seconds']:.0f} s)", flush=True)
-    wall = time.perf_counter() - start
+    widths = sorted(args.widths)
+    cache = Path(args.cache)
+    results = [r for r in load_cache(cache, setup) if r["run"].width in widths and r["run"].lr in args.lrs]
+    finished = {r["run"] for r in results}
+    runs = [Run(w, lr, mup) for w in widths for lr in args.lrs for mup in (False, True)]
+    todo = [run for run in runs if run not in finished]
     command = "nice -n 10 .venv/bin/python bench/mup_transfer.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    text = report(results, setup, sorted(args.widths), args.lrs, args.default_lr, command.strip(), wall)
-    Path(args.out).write_text(text, encoding="utf-8")
+    out = Path(args.out)
+    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+        for r in pool.imap_unordered(_worker, [(run, setup) for run in todo]):
+            results.append(r)
+            append_cache(cache, setup, r)
+            run = r["run"]
+            print(f"[{len(results)}/{len(runs)}] width {run.width} lr {run.lr:g} {'muP' if run.mup else 'SP '}: val {r['val_loss']:.4f} ({r['cpu']:.0f} CPU s)", flush=True)
+            out.write_text(report(results, setup, widths, args.lrs, args.default_lr, command.strip(), len(runs)), encoding="utf-8")
+    text = report(results, setup, widths, args.lrs, args.default_lr, command.strip(), len(runs))
+    out.write_text(text, encoding="utf-8")
     print(text)
     return 0
 
