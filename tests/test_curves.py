@@ -11,7 +11,7 @@ def test_curves_refuse_a_repository_root_and_keep_its_files(tmp_path):
     (tmp_path / ".git").mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         (tmp_path / name).write_text("keep: me\n")
-    with pytest.raises(ValueError, match="repository root; DVCLive would delete its dvc.yaml and params.yaml"):
+    with pytest.raises(ValueError, match="repository root, whose stage and params files DVCLive"):
         Curves(tmp_path, resume=False)
     assert (tmp_path / "dvc.yaml").read_text() == "keep: me\n" and (tmp_path / "params.yaml").is_file()
 

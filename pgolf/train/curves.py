@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# What DVCLive deletes in its directory when a run starts afresh (its own files of an earlier run).
-DVCLIVE_CLEANS = ("dvc.yaml", "params.yaml", "metrics.json", "plots")
-
 
 class Curves:
     """Loss, lr and tokens/s against step; a no-op when `directory` is None (other ranks, tests)."""
@@ -33,8 +30,8 @@ class Curves:
 
 
 def guard_live_dir(directory: Path) -> None:
-    """ValueError when `directory` holds a project's files that DVCLive's clean-up would delete (a
-    live directory of "." or the repository root removes dvc.yaml and params.yaml)."""
+    """ValueError when `directory` is a repository root: DVCLive's clean-up of a fresh run deletes the
+    stage and params files it would have written there, which in a project root are the project's."""
     if (directory / ".git").exists() or (directory / ".dvc").is_dir():
-        raise ValueError(f"{directory}: the curves directory is a repository root; DVCLive would delete its "
-                         f"{' and '.join(n for n in DVCLIVE_CLEANS[:2] if (directory / n).exists()) or 'files'} (pass a subdirectory such as dvclive/train)")
+        raise ValueError(f"{directory}: the curves directory is a repository root, whose stage and params files "
+                         "DVCLive's clean-up would delete (pass a subdirectory such as dvclive/train)")
