@@ -110,6 +110,14 @@ def extract(text: str) -> str:
     return lzma.decompress(base64.b85decode(packed), format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}]).decode()
 
 
+def program_params(text: str) -> dict:
+    """The params a train_gpt.py made by `build_program` embeds."""
+    for node in ast.parse(extract(text)).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["PARAMS"]:
+            return json.loads(node.value.args[0].value)
+    raise ValueError("no PARAMS in the program")
+
+
 def build_program(root: str | Path, params: dict, minified: bool = True) -> Program:
     modules = bundle_modules(root, minified=minified)
     source = program_source(modules, params)
