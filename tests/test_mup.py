@@ -52,6 +52,8 @@ def test_mup_scales():
     ns = newton_schulz(g, 5, BASELINE_COEFFICIENTS)
     assert torch.equal(muon_update(g, 5, BASELINE_COEFFICIENTS, False, "spectral"), ns * 0.5)
     assert torch.equal(muon_update(g, 5, BASELINE_COEFFICIENTS, False), ns)
+    tall = g.T.contiguous()  # the default (muP off) is the baseline's expression, bit for bit
+    assert torch.equal(muon_update(tall, 5, BASELINE_COEFFICIENTS, False), newton_schulz(tall, 5, BASELINE_COEFFICIENTS) * max(1.0, 32 / 8) ** 0.5)
     with pytest.raises(ValueError, match="unknown Muon update_scale 'mup'"):
         muon_update(g, 5, BASELINE_COEFFICIENTS, False, "mup")
     with pytest.raises(ValueError, match="unknown Muon update_scale"):
