@@ -72,7 +72,9 @@ def make_plan(params_path: str | Path = "params.yaml", device: str = "cpu", repo
     timing = train_time(shape, model, train, dev)
     hessian_groups = {"attention", "mlp", "other"} | ({"embedding"} if sections["calibrate"].head_hessian and model.tied_embeddings else set())
     gptq = hessian_groups if QUANTIZERS[quantize.method].needs_hessian else set()
-    groups = group_bytes(tensors, quantize, gptq, timing.tokens / vocab)
+    fetch = sections["fetch"]
+    corpus = "+".join(fetch.builtin) if fetch.source == "builtin" else fetch.variant
+    groups = group_bytes(tensors, quantize, gptq, timing.tokens / vocab, corpus)
     container = container_bytes(tensors, quantize, pack)
     code = measure_code_bytes(pack.code_modules, repo_root)
     bytes_model = round(sum(g.total for g in groups.values()) + container)

@@ -66,11 +66,12 @@ def gaussian_symbol_entropy(bits: int, k: float, noise: float = 0.0) -> float:
     return -sum(p * math.log2(p) for p in probs if p > 0.0)
 
 
-def embedding_coder_ratio(tokens_per_row: float, table: ByteModel = BYTE_MODEL) -> float:
+def embedding_coder_ratio(tokens_per_row: float, corpus: str = "*", table: ByteModel = BYTE_MODEL) -> float:
     """Coded / Gaussian bits of a trained embedding: rows of rarely seen tokens move together
     (near-duplicates the row references and column classes exploit), fewer as training sees each
-    row more often. Piecewise linear in log10(training tokens per vocabulary row), clamped."""
-    points = table.embedding_ratio
+    row more often. Piecewise linear in log10(training tokens per vocabulary row), clamped; the
+    curve of `corpus` where one was measured, else the default corpus's ("*")."""
+    points = table.embedding_ratio.get(corpus, table.embedding_ratio["*"])
     x = math.log10(max(tokens_per_row, 1.0))
     if x <= points[0][0]:
         return points[0][1]
@@ -123,7 +124,7 @@ def _extras_bytes(tensors: list[TensorInfo], group: str, quantize: QuantizeParam
 
 
 def group_bytes(tensors: list[TensorInfo], quantize: QuantizeParams, gptq_groups: set[str], tokens_per_row: float,
-                table: ByteModel = BYTE_MODEL) -> dict[str, GroupBytes]:
+                corpus: str = "*", table: ByteModel = BYTE_MODEL) -> dict[str, GroupBytes]:
     """Predicted bytes per quantizer group and for the passthrough tensors (before the container)."""
     out: dict[str, GroupBytes] = {}
     lowrank = lowrank_tensors(tensors, quantize)
@@ -135,7 +136,7 @@ def group_bytes(tensors: list[TensorInfo], quantize: QuantizeParams, gptq_groups
         noise = table.gptq_noise if group in gptq_groups else 0.0
         ratio = table.coder_ratio.get(group, 1.0)
         if group == "embedding":
-            ratio *= embedding_coder_ratio(tokens_per_row, table)
+            ratio *= embedding_coder_ratio(tokens_per_row, corpus, table)
         bps = gaussian_symbol_entropy(spec.bits, spec.k, noise) * ratio
         symbols = sum(t.numel for t in mine)
         rows = sum(t.shape[0] for t in mine)

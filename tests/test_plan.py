@@ -54,12 +54,14 @@ def test_entropy_is_bounded_and_monotone(bits, k, dk, noise):
         assert gaussian_symbol_entropy(bits + 1, k) > h
 
 
-def test_embedding_ratio_interpolates_and_clamps():
-    (x0, y0), (x1, y1) = BYTE_MODEL.embedding_ratio[:2]
-    assert embedding_coder_ratio(10 ** x0) == pytest.approx(y0)
-    assert embedding_coder_ratio(10 ** ((x0 + x1) / 2)) == pytest.approx((y0 + y1) / 2)
-    assert embedding_coder_ratio(0.0) == pytest.approx(y0)
-    assert embedding_coder_ratio(1e12) == pytest.approx(BYTE_MODEL.embedding_ratio[-1][1])
+def test_embedding_ratio_interpolates_clamps_and_falls_back_to_the_default_corpus():
+    curve = BYTE_MODEL.embedding_ratio["pydoc_topics"]
+    (x0, y0), (x1, y1) = curve[:2]
+    assert embedding_coder_ratio(10 ** x0, "pydoc_topics") == pytest.approx(y0)
+    assert embedding_coder_ratio(10 ** ((x0 + x1) / 2), "pydoc_topics") == pytest.approx((y0 + y1) / 2)
+    assert embedding_coder_ratio(0.0, "pydoc_topics") == pytest.approx(y0)
+    assert embedding_coder_ratio(1e12, "pydoc_topics") == pytest.approx(curve[-1][1])
+    assert embedding_coder_ratio(1e12, "sp8192") == embedding_coder_ratio(1e12, "*") == pytest.approx(BYTE_MODEL.embedding_ratio["*"][-1][1])
 
 
 @pytest.mark.parametrize("config", [TINY, dict(vocab_size=1024), dict(vocab_size=512, layers=3, width=96, heads=4, kv_heads=2, mlp_mult=3.0, bigram_buckets=64, value_embed_layers=[1])])
