@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "exp": ("pgolf.exptable", "add_exp_command"),
     "ablate": ("pgolf.ablate", "add_ablate_command"),
     "rd": ("pgolf.rd", "add_rd_command"),
+    "plan": ("pgolf.plan", "add_plan_command"),
+    "provenance": ("pgolf.provenance", "add_provenance_command"),
+    "submission": ("pgolf.submission.cli", "add_submission_command"),
 }
 
 
