@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pgolf.yamledit import edit_yaml
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -22,15 +24,24 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run(cwd: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+def run(cwd: Path, *args: str, check: bool = True, timeout: float = 900, log: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a command in `cwd`; its output is captured, or written to `log` (then read back) for a
+    command that leaves daemons holding its output open (`dvc queue start`: pipes would block)."""
+    if log is None:
+        proc = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    else:
+        with open(log, "w") as out:
+            proc = subprocess.run(list(args), cwd=cwd, env=_env(), stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        proc.stdout, proc.stderr = Path(log).read_text(), ""
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
 
 
-def copy_repo(dest: Path, profile: str | None = "tiny") -> Path:
-    """Copy the tracked and non-ignored files into `dest`, apply `profile`, commit."""
+def copy_repo(dest: Path, profile: str | None = "tiny", overrides: dict | None = None) -> Path:
+    """Copy the tracked and non-ignored files into `dest`, apply `profile`, then `overrides` (a
+    nested mapping merged into params.yaml), commit."""
     listing = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO, capture_output=True, check=True,
@@ -48,6 +59,9 @@ def copy_repo(dest: Path, profile: str | None = "tiny") -> Path:
         shutil.copy2(template, dest / ".dvc" / "plots" / "offline.html")
     if profile:
         run(dest, sys.executable, "-m", "pgolf", "profile", "apply", profile)
+    if overrides:
+        params = dest / "params.yaml"
+        params.write_text(edit_yaml(params.read_text(), overrides)[0])
     run(dest, "git", "init", "-q", "-b", "main")
     run(dest, "git", "add", "-A")
     run(dest, "git", "commit", "-q", "-m", "test copy")
