@@ -36,6 +36,7 @@ from pgolf.pack.artifact import parse_artifact
 from pgolf.pack.load import artifact_from_parsed, model_from_artifact
 from pgolf.pack.pack import pack_model
 from pgolf.quant.apply import quantize_state
+from pgolf.quant.hessian import collect_hessians
 from pgolf.train.loop import train
 from train_helpers import VOCAB, make_shards, tiny_params
 
@@ -393,7 +394,11 @@ def test_each_proposal_trains_packs_loads_and_evaluates(option, shards, tmp_path
     result = train(params, shards, tmp_path / "out", DistInfo(0, 1, 0, torch.device("cpu"), None))
     assert math.isfinite(result.val_loss)
     model = load_model(tmp_path / "out" / "checkpoint")
-    qm = quantize_state(model.state_dict(), {}, QuantizeParams(method="rtn", min_numel=256), model.config.model_dump(mode="json"))
+    batches = [torch.randint(2, VOCAB, (2, 32), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    hessians = collect_hessians(model, batches)  # a shared block's matrices accumulate every application
+    assert any(".conv.in_proj." in name for name in hessians.layers) == ("conv_layers" in E2E[option])
+    per_weight = {name: hessians.hessians[group] for name, group in hessians.layers.items()}
+    qm = quantize_state(model.state_dict(), per_weight, QuantizeParams(min_numel=256), model.config.model_dump(mode="json"))
     loaded = model_from_artifact(artifact_from_parsed(parse_artifact(pack_model(qm, PackParams()).data)), f"{option}.pgolf")
     reference = build_model(qm.model_config)
     reference.load_state_dict(qm.state_dict())
