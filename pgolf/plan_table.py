@@ -66,7 +66,7 @@ class Device:
     step_overhead_s: float  # per optimizer step, independent of the model (launches, Python)
     eval_flops_per_s: float  # pgolf's evaluation (fp32 eager today), whole machine
     eval_overhead_s: float  # per evaluation stage: loading, the legality probe's reruns
-    ttt_update_factor: float  # a TTT update pass in forward passes (LoRA backward)
+    ttt_update_factor: float  # a TTT update (a fresh forward, the LoRA backward, the optimizer) in forward passes
     source: str
 
 
@@ -79,7 +79,7 @@ DEVICES: dict[str, Device] = {
         # MFLOP/token) solved for FLOP/s and per-step overhead; evaluation likewise from eval@sliding
         # (12.3 s and 0.49 s), the TTT update factor from the default eval@ttt (47.2 s). Timings on a
         # shared machine vary 2x run to run.
-        Device("cpu", 7.58e10, 0.053, 1.46e11, 0.44, 1.94, "2 CPU cores: this repo's default and tiny runs (metrics/timing)"),
+        Device("cpu", 7.58e10, 0.053, 1.46e11, 0.44, 4.88, "2 CPU cores: this repo's default and tiny runs (metrics/timing)"),
         # PR #2135 (CHALLENGE.md): 120.1 ms/step at 786,432 tokens/step, 11x512 MLP 4x, layers 3-5
         # looped twice, vocab 8192, seq 2048: 426.4 MFLOP/token. Evaluation: 8 x pgolf's fp32 rate
         # on one H200 (baseline plain 1024: 410,988 tok/s x 43.5 MFLOP; frontier shapes run 1.6x

@@ -18,7 +18,6 @@ from pgolf.model.recurrence import logical_layers
 from pgolf.plan_bytes import TensorInfo
 from pgolf.plan_table import Device
 
-EVAL_PASSES = 2  # each evaluation stage scores the artifact and the checkpoint (the quantization gap)
 
 
 @dataclass(frozen=True)
@@ -74,15 +73,19 @@ def train_time(shape: Shape, model: ModelParams, train: TrainParams, device: Dev
 
 
 def eval_forward_tokens(method: str, params: EvalSlidingParams | EvalTTTParams | EvalTiltParams, device: Device) -> tuple[float, int]:
-    """(forward-token equivalents per scored token, the context they run at) of one method."""
+    """(forward-token equivalents per scored token of the whole stage, the context they run at).
+
+    A stage scores the artifact and, for the quantization gap, the checkpoint the same way
+    (`pgolf.eval.run`): two sliding passes; TTT scores frozen (val_bpb_no_ttt), then scores and
+    adapts, and the gap's checkpoint pass is frozen (`pgolf.eval.methods`): 3 scoring passes and
+    the updates."""
     if isinstance(params, EvalTTTParams):
-        chunks = params.window / params.chunk_tokens
         update = device.ttt_update_factor if params.lr > 0 else 0.0
-        return chunks * (2.0 + update), params.window  # frozen scores, adapted scores, updates
-    return params.window / params.stride, params.window
+        return params.window / params.chunk_tokens * (3.0 + update), params.window
+    return 2.0 * params.window / params.stride, params.window
 
 
 def eval_seconds(shape: Shape, model: ModelParams, method: str, params, val_tokens: int, device: Device) -> float:
     per_token, context = eval_forward_tokens(method, params, device)
-    flops = EVAL_PASSES * val_tokens * per_token * forward_flops_per_token(shape, model.layers, context)
+    flops = val_tokens * per_token * forward_flops_per_token(shape, model.layers, context)
     return device.eval_overhead_s + flops / device.eval_flops_per_s
