@@ -300,6 +300,7 @@ def test_conv_layer_replaces_attention_with_named_plain_parameters():
     model = tiny(conv_layers=[0, 2], conv_kernel=3)
     assert [b.conv is not None for b in model.blocks] == [True, False, True, False]
     assert [b.attn is None for b in model.blocks] == [True, False, True, False]
+    assert [b.mixer for b in model.blocks] == [model.blocks[0].conv, model.blocks[1].attn, model.blocks[2].conv, model.blocks[3].attn]
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n.startswith("blocks.0.conv")}
     assert shapes == {"blocks.0.conv.in_proj.weight": (96, 32), "blocks.0.conv.kernel": (32, 1, 3), "blocks.0.conv.out_proj.weight": (32, 32)}
     assert torch.count_nonzero(model.blocks[0].conv.out_proj.weight) == 0  # zero-initialized like attention's proj

@@ -49,6 +49,11 @@ class Block(nn.Module):
         y = norm(x)
         return y if self.norm_scale is None else y * self.norm_scale
 
+    @property
+    def mixer(self) -> nn.Module:
+        """The sublayer that reads other positions: attention, or the short convolution in a conv layer."""
+        return self.conv if self.conv is not None else self.attn
+
     def mix_tokens(self, x: Tensor, segments: Tensor | DocumentMask | None, value_embed: Tensor | None) -> Tensor:
         """The sublayer that reads other positions: attention, or the convolution (within documents)."""
         if self.conv is not None:
