@@ -1,7 +1,9 @@
-"""`pgolf ablate`: a leave-one-out ablation of a profile's options through `dvc exp run`, and its report.
+"""`pgolf ablate`: an ablation of a profile's options through `dvc exp run`, and its report.
 
-Arms (`pgolf.ablation_options`): "all on" (the profile as committed) and, per selected option that is
-on in it, the profile with that option switched off; each arm runs once per seed (`train.seed`) as the
+Arms (`pgolf.ablation_options`): leave-one-out (the record stack): "all on" (the profile as committed)
+and, per selected option that is on in it, the profile with that option switched off; add-one (the
+proposals of issue 15): "baseline" and, per selected proposal, the profile with it switched on. Each
+arm runs once per seed (`train.seed`) as the
 DVC experiment `<prefix>-<arm>-s<seed>` up to `--target` (default `eval@sliding`). The runs happen in
 a temporary git worktree of the commit (`--rev`, default HEAD) that shares the repository's DVC cache
 and git refs and runs that commit's code and params.yaml with its profile applied, so the user's
@@ -11,8 +13,8 @@ Resumable: an experiment already present with the expected params is not run aga
 params is an error (remove it or pick another prefix). Timing is not a DVC metric (a seed fixes every
 tracked output), so right after each run the train stage's `metrics/timing/train.json` is read from the
 worktree and kept beside the report (`<report>-timing.json`), keyed by experiment name and commit.
-The report (`docs/ablations.md`) is rebuilt from `dvc exp show --json` after every run, or alone with
-`--report-only`.
+The report (its section of `docs/ablations.md`, see `pgolf.ablate_report`) is rebuilt from
+`dvc exp show --json` after every run, or alone with `--report-only`.
 """
 
 from __future__ import annotations
@@ -31,17 +33,13 @@ from typing import Any
 
 import yaml
 
-from pgolf.ablation_options import ALL_ON, Arm, arms, exp_name, mismatch, partition, run_params, select, set_args
+from pgolf.ablate_report import METRIC, TIMING_FILE, _f, metric, place_section, render_report
+from pgolf.ablation_options import Arm, arms, exp_name, mismatch, partition, run_params, select, set_args
 from pgolf.errors import PgolfError
 from pgolf.io import read_json, write_bytes_atomic, write_json_atomic
 from pgolf.profiles import merge
-from pgolf.stats import summarize, welch_one_sided
-from pgolf.yamledit import format_value
 
 DEFAULT_SEEDS = (1337, 1338, 1339)
-METRIC = ("metrics/eval_sliding.json", "val_bpb")
-BYTES = ("metrics/pack.json", "bytes_total")
-TIMING_FILE = "metrics/timing/train.json"
 
 
 @dataclass(frozen=True)
@@ -151,11 +149,6 @@ def experiments(exps: Any, rev: str) -> dict[str, Result]:
     return out
 
 
-def metric(result: Result, where: tuple[str, str]) -> float | None:
-    value = result.metrics.get(where[0], {}).get(where[1])
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def check_params(plan: Plan, found: dict[str, Result]) -> None:
     """An experiment under one of the plan's names must have exactly that run's params."""
     for arm in plan.arms:
@@ -164,86 +157,6 @@ def check_params(plan: Plan, found: dict[str, Result]) -> None:
             if name in found and (diff := mismatch(run_params(plan.base, arm, seed), found[name].params)):
                 raise PgolfError(f"experiment {name} exists with other params ({'; '.join(diff[:3])}): remove it "
                                  f"(dvc exp remove {name}) or choose another --prefix")
-
-
-# ------------------------------------------------------------------------------------------ report
-def _f(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def verdict(p_helps: float | None, p_hurts: float | None, n: int, alpha: float) -> str:
-    """The option's effect in words: helps / hurts at `alpha`, no significant effect, or why there is no test."""
-    if n == 0:
-        return "not run"
-    if p_helps is None or p_hurts is None:
-        return "too few seeds for a test"
-    return "helps" if p_helps < alpha else "hurts" if p_hurts < alpha else "no significant effect"
-
-
-def render_report(plan: Plan, found: dict[str, Result], timing: dict, alpha: float, timing_name: str) -> str:
-    """docs/ablations.md: header with the exact command and profile, the per-arm table, per-seed values."""
-    values: dict[str, list[float | None]] = {}
-    rows = []
-    for arm in plan.arms:
-        results = [found.get(exp_name(plan.prefix, arm.name, seed)) for seed in plan.seeds]
-        values[arm.name] = [metric(r, METRIC) if r else None for r in results]
-        rates = [t["tokens_per_second"] for seed, r in zip(plan.seeds, results)
-                 if r and (t := timing.get(exp_name(plan.prefix, arm.name, seed)) or {}).get("rev") == r.rev
-                 and isinstance(t.get("tokens_per_second"), (int, float))]
-        sizes = [b for r in results if r and (b := metric(r, BYTES)) is not None]
-        rows.append((arm, [v for v in values[arm.name] if v is not None], rates, sizes))
-    ref = rows[0][1]
-    ref_summary = summarize(ref) if ref else None
-    lines = [
-        f"# Leave-one-out ablation: profile `{plan.profile}`",
-        "",
-        "Generated by `pgolf ablate` from `dvc exp show --json`; the numbers are the result (no hand edits).",
-        "Regenerate with the same command and `--report-only`. The command that ran the experiments:",
-        "",
-        f"    {plan.command}",
-        "",
-        f"- Code and base params: commit `{plan.rev}` (the experiments' baseline, `dvc exp show --rev {plan.rev[:7]}`), "
-        f"its params.yaml with `profiles/{plan.profile}.yaml` of that commit merged in (below).",
-        f"- Each run: `dvc exp run {plan.target} -S train.seed=<seed> -S <the arm's overrides> -n "
-        f"{plan.prefix}-<arm>-s<seed>`, in a temporary git worktree sharing the DVC cache.",
-        f"- val_bpb: `{METRIC[0]}`, mean +- sample std over seeds. delta = arm - all-on: positive means switching the "
-        f"option off costs bpb, i.e. the option helps. p(helps): one-sided Welch t-test (pgolf.stats) that all-on is "
-        f"lower; verdicts at alpha {alpha}.",
-        f"- tokens/s: the train stage's `tokens_per_second` from each run's untracked `{TIMING_FILE}`, read by "
-        f"`pgolf ablate` right after the run and kept in `{timing_name}` (matched to the experiment's commit; '-' when "
-        f"DVC restored the stage from its cache instead of running it); mean over seeds. bytes_total: `{BYTES[0]}`.",
-        f"- Runs present: {sum(len(v) for _, v, _, _ in rows)} of {len(plan.arms) * len(plan.seeds)}.",
-        "",
-        "| arm | switches off | seeds | val_bpb | delta vs all-on | p(helps) | verdict | tokens/s | bytes_total |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, vals, rates, sizes in rows:
-        summary = summarize(vals) if vals else None
-        off = ", ".join(f"`{k}={format_value(v)}`" for k, v in arm.overrides.items()) or "(nothing)"
-        mean_std = "-" if summary is None else f"{summary.mean:.4f}" + (f" +- {summary.std:.4f}" if summary.std is not None else "")
-        if arm.name == ALL_ON:
-            delta = p_helps = p_hurts = None
-            word = "reference" if vals else "not run"
-        else:
-            delta = summary.mean - ref_summary.mean if summary and ref_summary else None
-            helps = welch_one_sided(ref_summary, summary) if summary and ref_summary else None
-            hurts = welch_one_sided(summary, ref_summary) if summary and ref_summary else None
-            p_helps, p_hurts = (helps.p_value if helps else None), (hurts.p_value if hurts else None)
-            word = verdict(p_helps, p_hurts, len(vals), alpha)
-        lines.append(f"| {arm.name} | {off} | {len(vals)}/{len(plan.seeds)} | {mean_std} | {_f(delta, '+.4f')} | "
-                     f"{_f(p_helps, '.3g')} | {word} | {_f(_mean(rates), ',.0f')} | {_f(_mean(sizes), ',.0f')} |")
-    lines += ["", "val_bpb per seed:", "",
-              "| arm | " + " | ".join(f"seed {s}" for s in plan.seeds) + " |",
-              "|---|" + "---|" * len(plan.seeds)]
-    lines += [f"| {arm.name} | " + " | ".join(_f(v, ".4f") for v in values[arm.name]) + " |" for arm in plan.arms]
-    if plan.skipped:
-        lines += ["", "Selected options without an arm: " + "; ".join(plan.skipped) + "."]
-    lines += ["", f"`profiles/{plan.profile}.yaml` at `{plan.rev[:7]}`:", "", "```yaml", plan.profile_text.rstrip(), "```"]
-    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -257,7 +170,9 @@ def write_report(root: Path, plan: Plan, report: Path, alpha: float, found: dict
     timing = read_json(timing_file(report), "timing file") if timing_file(report).is_file() else {}
     report.parent.mkdir(parents=True, exist_ok=True)
     name = timing_file(report).relative_to(root).as_posix() if timing_file(report).is_relative_to(root) else str(timing_file(report))
-    write_bytes_atomic(report, render_report(plan, found, timing, alpha, name).encode("utf-8"))
+    existing = report.read_text(encoding="utf-8") if report.is_file() else ""
+    section = render_report(plan, found, timing, alpha, name)
+    write_bytes_atomic(report, place_section(existing, plan.prefix, section).encode("utf-8"))
     return found
 
 
@@ -383,11 +298,11 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def add_ablate_command(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("ablate", help="leave-one-out ablation of a profile's options through dvc exp run; writes docs/ablations.md")
+    parser = sub.add_parser("ablate", help="leave-one-out (record stack) or add-one (proposals) ablation of a profile through dvc exp run; writes its section of docs/ablations.md")
     parser.add_argument("profile", help="profile under profiles/ at the commit (all options on)")
     parser.add_argument("--seeds", type=_seeds, default=list(DEFAULT_SEEDS), help="comma-separated train.seed values (default 1337,1338,1339)")
     parser.add_argument("--option", action="append", metavar="NAME",
-                        help="an option of pgolf.ablation_options, or a group: record (default), frontier, all (repeatable)")
+                        help="an option of pgolf.ablation_options, or a group: record (default), frontier, all (the leave-one-out ones), proposals (add-one; repeatable)")
     parser.add_argument("--target", default="eval@sliding", help="the stage each experiment runs up to (default eval@sliding)")
     parser.add_argument("--prefix", help="experiment names <prefix>-<arm>-s<seed> (default abl-<profile>)")
     parser.add_argument("--rev", default="HEAD", help="the commit whose code, params.yaml and profile run (default HEAD)")

@@ -1,8 +1,11 @@
-"""The options a leave-one-out ablation switches off, as data, and the arms they make.
+"""The options an ablation switches, as data, and the arms they make.
 
 An option is a name and the `dvc exp run -S key=value` overrides that switch it off (dotted params
-keys). `pgolf ablate` runs one "all on" arm and, per selected option that is on in the base params,
-one arm with that option's overrides; `arms` builds that list, `is_on` decides which options apply.
+keys); a proposal (group "proposals", issue 15) also has the overrides that switch it on.
+Leave-one-out (the record stack): `pgolf ablate` runs one "all on" arm and, per selected option that
+is on in the base params, one arm with that option's `off` overrides. Add-one (the proposals): one
+"baseline" arm and, per selected option that is off in the base params, one arm with its `on`
+overrides. `arms` builds that list, `is_on` decides which options apply.
 Sources: CHALLENGE.md "The frontier" (record PR #2135 and its lineage); each entry names its PR.
 """
 
@@ -14,8 +17,10 @@ from typing import Any
 
 from pgolf.yamledit import format_value, same
 
-ALL_ON = "all-on"
-GROUPS = ("record", "frontier")  # record: the record stack of issue 12; frontier: settings pgolf had before
+ALL_ON = "all-on"  # the reference arm of a leave-one-out ablation
+BASELINE = "baseline"  # the reference arm of an add-one ablation
+# record: the record stack of issue 12; frontier: settings pgolf had before; proposals: issue 15 (add-one)
+GROUPS = ("record", "frontier", "proposals")
 BASELINE_NS = [[3.4445, -4.775, 2.0315]]  # the official Newton-Schulz triple (Polar Express off)
 
 
@@ -25,6 +30,7 @@ class Option:
     group: str
     off: dict[str, Any]  # dotted params key -> the value that switches the option off
     source: str
+    on: dict[str, Any] | None = None  # add-one options: dotted params key -> the value that switches it on
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -51,7 +57,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("weight_decay", "frontier", {"train.optim.matrix.weight_decay": 0.0, "train.optim.embed.weight_decay": 0.0,
                                         "train.optim.scalar.weight_decay": 0.0}, "Muon/Adam weight decay, record 2026-03-20_..._MuonWD"),
 )
-BY_NAME = {option.name: option for option in OPTIONS}
+# Issue 15: the five published proposals, measured add-one against the CPU baseline (docs/ablations.md).
+# Equal-bytes comparisons are arms of their own: `with-sharing` stores the baseline's 4 blocks and runs
+# them as 8 layers; `with-q2-mix` quantizes the baseline checkpoint on the Q^2 grids.
+PROPOSALS: tuple[Option, ...] = (
+    Option("sharing", "proposals", {"train.model.shared_blocks": 0}, "recursive weight sharing, PR #5",
+           {"train.model.shared_blocks": 4, "train.model.layers": 8}),
+    Option("local_window", "proposals", {"train.model.attention_window": 0}, "local attention, PR #5",
+           {"train.model.attention_window": 64}),
+    Option("hyper", "proposals", {"train.model.block_linear": "dense"}, "hypernetwork linears (BioDNA), PR #16",
+           {"train.model.block_linear": "hyper"}),
+    Option("mup", "proposals", {"train.model.mup_base_width": None}, "Muon + muP, PR #4",
+           {"train.model.mup_base_width": 64}),
+    Option("ternary", "proposals", {"train.model.block_linear": "dense"}, "BitNet b1.58 ternary QAT + base-3 packing, record #640",
+           {"train.model.block_linear": "ternary", "quantize.method": "ternary"}),
+    Option("conv_hybrid", "proposals", {"train.model.conv_layers": []}, "short-conv/attention hybrid (Q^2 proposal, after LFM2)",
+           {"train.model.conv_layers": [0, 2]}),
+)
+BY_NAME = {option.name: option for option in OPTIONS + PROPOSALS}
 
 
 @dataclass(frozen=True)
@@ -61,16 +84,17 @@ class Arm:
 
 
 def select(names: list[str]) -> list[Option]:
-    """Options by name or group name ("record", "frontier", "all"), in table order; ValueError on an unknown name."""
+    """Options by name or group name ("record", "frontier", "proposals", "all": every leave-one-out
+    option), in table order; ValueError on an unknown name."""
     wanted: set[str] = set()
     for name in names:
         if name == "all" or name in GROUPS:
-            wanted |= {o.name for o in OPTIONS if name in ("all", o.group)}
+            wanted |= {o.name for o in OPTIONS + PROPOSALS if name == o.group or (name == "all" and o.on is None)}
         elif name in BY_NAME:
             wanted.add(name)
         else:
             raise ValueError(f"unknown ablation option {name!r} (known: {', '.join(BY_NAME)}; groups: {', '.join(GROUPS)}, all)")
-    return [o for o in OPTIONS if o.name in wanted]
+    return [o for o in OPTIONS + PROPOSALS if o.name in wanted]
 
 
 def lookup(params: dict, key: str) -> Any:
@@ -100,21 +124,35 @@ def is_on(option: Option, resolved: dict) -> bool:
 
 
 def partition(options: list[Option], resolved: dict) -> tuple[list[Option], list[str]]:
-    """The options that are on in `resolved`, and "<name>: why" for the others (off, or a key unknown to the params)."""
+    """The options that make an arm in `resolved` (leave-one-out: those on; add-one: those off), and
+    "<name>: why" for the others (or a key unknown to the params)."""
     on, skipped = [], []
+    add_one = bool(options) and is_add_one(options)
     for option in options:
         try:
-            if is_on(option, resolved):
+            if is_on(option, resolved) != add_one:
                 on.append(option)
             else:
-                skipped.append(f"{option.name}: off in the profile")
+                skipped.append(f"{option.name}: {'already on' if add_one else 'off'} in the profile")
         except KeyError as exc:
             skipped.append(f"{option.name}: {exc.args[0]} is not a params key")
     return on, skipped
 
 
+def is_add_one(options: list[Option]) -> bool:
+    """Whether `options` make an add-one ablation (all have `on` overrides) rather than leave-one-out
+    (none has); ValueError when they are mixed."""
+    kinds = {o.on is not None for o in options}
+    if len(kinds) > 1:
+        raise ValueError("cannot mix add-one options (proposals) with leave-one-out options in one ablation")
+    return kinds == {True}
+
+
 def arms(options: list[Option]) -> list[Arm]:
-    """The all-on arm, then one leave-one-out arm per option."""
+    """Leave-one-out: the all-on arm, then one arm per option switching it off. Add-one: the baseline
+    arm, then one arm per option switching it on."""
+    if options and is_add_one(options):
+        return [Arm(BASELINE, {})] + [Arm(f"with-{o.name}", dict(o.on or {})) for o in options]
     return [Arm(ALL_ON, {})] + [Arm(f"no-{o.name}", dict(o.off)) for o in options]
 
 

@@ -16,8 +16,9 @@ import yaml
 from scipy import stats
 
 from pgolf.ablate import Plan, check_params, experiments, make_plan, render_report, resolved
+from pgolf.ablate_report import place_section
 from pgolf.ablation_options import (
-    ALL_ON, OPTIONS, arms, exp_name, flatten, mismatch, partition, run_params, select, set_args,
+    ALL_ON, BASELINE, OPTIONS, PROPOSALS, arms, exp_name, flatten, is_on, mismatch, partition, run_params, select, set_args,
 )
 from pgolf.cli import main
 from pgolf.errors import PgolfError
@@ -263,3 +264,44 @@ def _tiny_with_ema() -> str:
     tiny = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
     tiny["train"]["ema_decay"] = 0.9
     return "# tiny with EMA on: one option for the ablation test\n" + yaml.safe_dump(tiny, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------- add-one (proposals)
+def test_proposals_make_add_one_arms_and_are_off_in_the_defaults():
+    proposals = select(["proposals"])
+    assert [o.name for o in proposals] == [o.name for o in PROPOSALS] and all(o.on for o in proposals)
+    on, skipped = partition(proposals, resolved({}))
+    assert on == proposals and skipped == []  # add-one: an arm for each proposal that is off
+    assert [a.name for a in arms(on)] == [BASELINE] + [f"with-{o.name}" for o in proposals]
+    assert arms(on)[1].overrides == dict(proposals[0].on)
+    # Every proposal's `on` overrides validate and switch it on; its `off` values are the defaults.
+    for option in proposals:
+        params = run_params({}, arms([option])[1], 1)
+        assert is_on(option, resolved(params)), option.name
+    with pytest.raises(ValueError, match="cannot mix add-one"):
+        partition(select(["xsa", "sharing"]), resolved({}))
+    assert [o.name for o in select(["all"])] == [o.name for o in OPTIONS]  # "all": the leave-one-out table
+
+
+def test_add_one_report_reads_lower_as_helps():
+    text = (REPO / "profiles" / "frontier-cpu.yaml").read_text()
+    plan = Plan("p", REV, {}, arms(select(["sharing", "mup"])), [], [1, 2, 3], "abl-p", "eval@sliding", "pgolf ablate p", text)
+    values = {BASELINE: [1.50, 1.51, 1.49], "with-sharing": [1.40, 1.41, 1.39], "with-mup": [1.60, 1.61, 1.62]}
+    report = render_report(plan, experiments(_exp_show(plan, values), REV), {}, 0.05, "t.json")
+    assert report.startswith("# Add-one ablation: profile `p`\n") and "| arm | switches on |" in report
+    sharing, mup = _row(report, "with-sharing"), _row(report, "with-mup")
+    p = stats.ttest_ind(values["with-sharing"], values[BASELINE], equal_var=False, alternative="less").pvalue
+    assert sharing[4] == "-0.1000" and sharing[5] == f"{p:.3g}" and sharing[6] == "helps"
+    assert mup[4] == "+0.1100" and mup[6] == "hurts"
+    assert _row(report, BASELINE)[6] == "reference"
+
+
+def test_report_sections_replace_only_their_own():
+    first = place_section("", "abl-a", "# A\nold\n")
+    assert first == "<!-- pgolf ablate: abl-a -->\n# A\nold\n<!-- end pgolf ablate: abl-a -->\n"
+    both = place_section(first, "abl-b", "# B\n")
+    assert both.startswith(first) and both.endswith("<!-- pgolf ablate: abl-b -->\n# B\n<!-- end pgolf ablate: abl-b -->\n")
+    updated = place_section(both, "abl-a", "# A\nnew\n")
+    assert "new" in updated and "old" not in updated and updated.count("# B") == 1
+    assert updated.index("abl-a") < updated.index("abl-b")  # kept in place
+    assert place_section("# a report written before sections\n", "abl-a", "# A\n").startswith("<!-- pgolf ablate: abl-a -->")
