@@ -20,7 +20,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -240,23 +240,15 @@ def shutdown(info: DistInfo) -> None:
         tdist.destroy_process_group()
 
 
-def average_gradients(params: Iterable[torch.Tensor], info: DistInfo) -> None:
-    """All-reduce the gradients of `params` to their mean over ranks, as one flat buffer."""
+def start_sum(flat: torch.Tensor, info: DistInfo) -> Callable[[], None]:
+    """Start summing `flat` over ranks in place without waiting (an async all-reduce); returns the
+    wait. For a single process the sum is `flat` itself and the wait does nothing."""
     if not info.distributed:
-        return
-    import torch
+        return lambda: None
     import torch.distributed as tdist
 
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
-    flat /= info.world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    work = tdist.all_reduce(flat, op=tdist.ReduceOp.SUM, async_op=True)
+    return lambda: work.wait()
 
 
 def sum_over_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

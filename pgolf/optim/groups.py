@@ -15,7 +15,7 @@ from torch import nn
 
 from pgolf.config.train import OptimParams
 from pgolf.model import mup
-from pgolf.optim.muon import Muon, Shard
+from pgolf.optim.muon import Muon, Shard, compiled_update, muon_update
 
 Rule = Callable[[str, nn.Parameter], bool]
 
@@ -65,9 +65,12 @@ def assign_groups(model: nn.Module, table: tuple[GroupRule, ...] = GROUP_TABLE) 
     return groups
 
 
-def build_optimizers(model: nn.Module, params: OptimParams, shard: Shard | None = None) -> list[torch.optim.Optimizer]:
+def build_optimizers(model: nn.Module, params: OptimParams, shard: Shard | None = None, compile_muon: bool = False) -> list[torch.optim.Optimizer]:
     """One optimizer per non-empty group, in table order; each param group carries `base_lr`.
-    `shard` splits Muon's Newton-Schulz work across ranks (None: every rank does all of it).
+    `shard` splits Muon's Newton-Schulz work across ranks (None: every rank does all of it);
+    `compile_muon` runs Muon's update under torch.compile (the training loop's `compile` on CUDA).
+    Adam is torch's fused kernel on CUDA (as the official script) and its foreach form elsewhere
+    (bit-equal to the per-tensor loop on CPU).
     A muP model (pgolf.model.mup) gets Muon's spectral update scale sqrt(fan_out/fan_in); its Adam
     groups keep their learning rates at every width (muP's rule for vector-like parameters)."""
     update_scale = "spectral" if mup.is_on(model) else "baseline"
@@ -90,11 +93,11 @@ def build_optimizers(model: nn.Module, params: OptimParams, shard: Shard | None 
                 row_normalize=hp.row_normalize,
                 shard=shard,
                 update_scale=update_scale,
+                orthogonalize=compiled_update() if compile_muon else muon_update,
             )
         else:
-            opt = torch.optim.AdamW(
-                tensors, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, weight_decay=hp.weight_decay, fused=False
-            )
+            kernel = {"fused": True} if tensors[0].is_cuda else {"foreach": True}
+            opt = torch.optim.AdamW(tensors, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, weight_decay=hp.weight_decay, **kernel)
         for group in opt.param_groups:
             group["base_lr"] = hp.lr
             group["group_name"] = rule.name

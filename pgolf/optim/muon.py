@@ -94,6 +94,14 @@ def muon_update(direction: Tensor, steps: int, coefficients: Coefficients, row_n
     return update * UPDATE_SCALES[update_scale](direction.size(0), direction.size(1))
 
 
+def compiled_update(**compile_options: object) -> Callable[..., Tensor]:
+    """`muon_update` under torch.compile (as the official train_gpt.py compiles its Newton-Schulz):
+    on CUDA one matrix's update is a few fused kernels instead of ~45 eager launches, which left the
+    GPU waiting on the CPU (gpu-measurements/train-step-profile-h200.txt). A graph per matrix
+    orientation; shapes turn dynamic after the second."""
+    return torch.compile(muon_update, fullgraph=True, **compile_options)
+
+
 def newton_schulz_cost(shape: Sequence[int]) -> int:
     """The work of Newton-Schulz on one matrix, up to a constant: rows * cols * min(rows, cols)."""
     rows, cols = shape
@@ -128,6 +136,7 @@ class Shard:
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters. Group keys: lr, momentum, nesterov, ns_steps, ns_coefficients,
     weight_decay (decoupled: p -= lr*wd*p), row_normalize, update_scale (a name of UPDATE_SCALES).
+    `orthogonalize` computes the update (`muon_update`'s signature; `compiled_update()` on CUDA).
 
     With a `shard` over more than one rank, a matrix's momentum buffer lives only on its owner
     (`assign_owners`), and the other ranks contribute exact zeros to the summed update buffer, so the
@@ -145,6 +154,7 @@ class Muon(torch.optim.Optimizer):
         row_normalize: bool = False,
         shard: Shard | None = None,
         update_scale: str = "baseline",
+        orthogonalize: Callable[..., Tensor] = muon_update,
     ) -> None:
         if update_scale not in UPDATE_SCALES:
             raise ValueError(f"unknown Muon update_scale {update_scale!r} (known: {', '.join(UPDATE_SCALES)})")
@@ -160,6 +170,7 @@ class Muon(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.shard = shard if shard is not None and shard.world_size > 1 else None
+        self.orthogonalize = orthogonalize  # muon_update, or a torch.compile of it (compiled_update)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
@@ -176,7 +187,7 @@ class Muon(torch.optim.Optimizer):
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p.grad)
         direction = nesterov_momentum(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"])
-        return muon_update(direction, group["ns_steps"], group["ns_coefficients"], group["row_normalize"], group["update_scale"])
+        return self.orthogonalize(direction, group["ns_steps"], group["ns_coefficients"], group["row_normalize"], group["update_scale"])
 
     @staticmethod
     def _apply(group: dict, p: Tensor, update: Tensor) -> None:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from pgolf.config.calibrate import CalibrateParams
 from pgolf.config.train import ModelParams, TrainParams
 from pgolf.data.shards import list_shards
-from pgolf.dist import DistInfo, average_gradients, barrier, broadcast_params, sum_in_place, sum_over_ranks
+from pgolf.dist import DistInfo, barrier, broadcast_params, start_sum, sum_in_place, sum_over_ranks
 from pgolf.errors import DataError, ParamsError
 from pgolf.io import read_json
 from pgolf.ledger import Phases
@@ -52,6 +52,7 @@ from pgolf.train import checkpoint as ckpt
 from pgolf.train import guards
 from pgolf.train.calibration import check_calibration, collect_on_ranks, save_rank_hessians
 from pgolf.train.curves import Curves
+from pgolf.train.ddp import OverlappedReduce
 from pgolf.train.data import Batch, StreamPosition, TokenStream, validation_tokens
 from pgolf.train.ema import EMA
 from pgolf.train.evaluate import validation_loss
@@ -120,6 +121,14 @@ def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContex
     return contextlib.nullcontext
 
 
+def next_token_loss(model: GPT, x: Tensor, y: Tensor, segments: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of the targets y [B, T] given x [B, T], in fp32. Compiled whole on CUDA (as
+    the official train_gpt.py's forward returns its loss), so the softcap, the fp32 cast and the loss
+    fuse into the graph instead of materializing [B*T, V] fp32 logits and log-probs outside it."""
+    logits = model(x) if segments is None else model(x, segments=segments)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+
 class Trainer:
     """State of one run on one rank. `run()` trains and returns the result."""
 
@@ -135,8 +144,11 @@ class Trainer:
         torch.manual_seed(params.seed)
         self.model = GPT(config).to(info.device)
         broadcast_params(self.model.parameters(), info)
-        self.optimizers = build_optimizers(self.model, params.optim, Shard(info.rank, info.world_size, functools.partial(sum_in_place, info=info)))
+        use_compile = params.compile and info.device.type == "cuda"
+        shard = Shard(info.rank, info.world_size, functools.partial(sum_in_place, info=info))
+        self.optimizers = build_optimizers(self.model, params.optim, shard, compile_muon=use_compile)
         self.ema = EMA(self.model, params.ema_decay) if params.ema_decay > 0 else None
+        self.reducer = OverlappedReduce(self.model.parameters(), functools.partial(start_sum, info=info), info.world_size) if info.distributed else None
         run_keys = params.model_dump(mode="json", exclude=set(OPERATIONAL_KEYS))
         run_keys["model"] = config.model_dump(mode="json")
         self.fingerprint = ckpt.fingerprint(run_keys, train_paths + val_paths)
@@ -150,8 +162,8 @@ class Trainer:
         stream = TokenStream(train_paths, position, self.vocab_size)
         self.batches = LOADERS[params.loader](stream, info, params.micro_batch_tokens, params.seq_len, config.bos_id)
         self.val_tokens = validation_tokens(val_paths, params.val_tokens, params.final_seq_len, self.vocab_size)
-        use_compile = params.compile and info.device.type == "cuda"
-        self.forward: Callable[..., Tensor] = torch.compile(self.model) if use_compile else self.model
+        self.forward: Callable[..., Tensor] = torch.compile(self.model) if use_compile else self.model  # validation
+        self.loss_of: Callable[..., Tensor] = torch.compile(next_token_loss) if use_compile else next_token_loss
         self.autocast = autocast_for(info.device)
         self.accum = params.grad_accum_steps // info.world_size
         self.live_dir = live_dir if info.is_main else None
@@ -182,20 +194,24 @@ class Trainer:
     # -- one optimizer step ------------------------------------------------------------------------
     def _loss(self, batch: Batch) -> Tensor:
         with self.autocast():
-            logits = self.forward(batch.x) if batch.segments is None else self.forward(batch.x, segments=batch.segments)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), batch.y.reshape(-1))
+            return self.loss_of(self.model, batch.x, batch.y, batch.segments)
 
     def train_step(self, seq_len: int | None = None) -> Tensor:
         """Forward/backward over this rank's micro-batches (rows of `seq_len`, default train.seq_len),
-        average gradients, step. Returns the mean loss."""
+        averaging gradients over ranks during the last backward (pgolf/train/ddp.py), step. Returns
+        the mean loss."""
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.info.device)
-        for _ in range(self.accum):
-            loss = self._loss(self.batches.next(seq_len))
+        for i in range(self.accum):
+            batch = self.batches.next(seq_len)
+            if self.reducer is not None and i == self.accum - 1:
+                self.reducer.arm()  # this backward reduces gradients over ranks as they fill buckets
+            loss = self._loss(batch)
             (loss / self.accum).backward()
             total += loss.detach()
-        average_gradients(self.model.parameters(), self.info)
+        if self.reducer is not None:
+            self.reducer.finish()
         if self.params.optim.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.params.optim.grad_clip_norm)
         for opt in self.optimizers:
