@@ -56,15 +56,15 @@ class ModelParams(Section):
     value_embed_dim: int = Field(128, ge=1, le=8192, description="width of the shared value-embedding table (projected to each layer's value width)")
     doc_attention: bool = Field(False, description="attention never crosses a BOS: each document attends only to itself (CPU: a mask; CUDA: FlexAttention)")
     # Issue 15: five published proposals, each off by default (docs/ablations.md measures them).
-    shared_blocks: int = Field(0, ge=0, le=64, description="recursive weight sharing (PR #5): P physical blocks run as the `layers` logical layers, logical layer i using block i mod P; 0 = off")
-    attention_window: int = Field(0, ge=0, description="local attention (PR #5): a query reads only the last W positions, itself included; 0 = off (full causal)")
+    shared_blocks: int = Field(0, ge=0, le=64, description="recursive weight sharing (PR #5): P physical blocks run as the `layers` logical layers, logical layer i using block i mod P; per-layer options (ln_scale, xsa_layers, value_embed_layers, conv_layers, parallel_from) index the P physical blocks; 0 = off")
+    attention_window: int = Field(0, ge=0, description="local attention (PR #5): a query reads only the last W positions, itself included; composes with doc_attention (CPU: a boolean SDPA mask; CUDA: a FlexAttention block mask); 0 = off (full causal)")
     block_linear: str = Field("dense", description="a name of pgolf.model.linears.BLOCK_LINEARS, the kind of every attention and MLP matrix: dense | hyper (hypernetwork-generated factors, PR #16) | ternary (BitNet b1.58 quantization-aware training, record #640)")
     hyper_rank: int = Field(8, ge=1, le=64, description="block_linear=hyper: rank of W = r c^T / sqrt(in * rank) (proposal: <= 16)")
     hyper_embed_dim: int = Field(32, ge=1, le=4096, description="block_linear=hyper: width of the layer and matrix-type embeddings")
     hyper_hidden: int = Field(64, ge=1, le=8192, description="block_linear=hyper: hidden width of the factor MLPs")
     ternary_group: int = Field(128, ge=1, le=65536, description="block_linear=ternary: input columns sharing one absmean scale (record #640: 128)")
     mup_base_width: int | None = Field(None, ge=8, le=8192, description="muP (PR #4): the width whose learning rates transfer; logits times base/width, head init and Muon update scale follow it; null = off")
-    conv_layers: list[int] = Field(default_factory=list, description="layers whose attention is a double-gated short causal depthwise convolution (Q^2 proposal, after LFM2: 10 of 16 layers); [] = off")
+    conv_layers: list[int] = Field(default_factory=list, description="block indices (< shared_blocks when sharing) whose attention is a double-gated short causal depthwise convolution (Q^2 proposal, after LFM2: 10 of 16 layers); attention-only options (XSA, output gate, value embeddings, window) do not apply there; [] = off")
     conv_kernel: int = Field(3, ge=1, le=64, description="kernel of the short convolution (LFM2: 3)")
 
     @field_validator("block_linear")
@@ -107,9 +107,15 @@ class ModelParams(Section):
             raise ValueError(f"shared_blocks ({self.shared_blocks}) must be <= layers ({self.layers})")
         if self.shared_blocks and self.recur_loops:
             raise ValueError("shared_blocks and recur_loops are two kinds of weight sharing; use one")
+        if self.mup_base_width is not None and self.block_linear == "hyper":
+            raise ValueError("mup_base_width does not apply to block_linear=hyper (its matrices are generated, not initialized)")
         bad = [i for i in self.conv_layers if not 0 <= i < self.layers]
         if bad or len(set(self.conv_layers)) != len(self.conv_layers):
             raise ValueError(f"conv_layers {self.conv_layers} must be distinct layer indices < layers ({self.layers})")
+        from pgolf.model.sharing import sharing_error
+
+        if (error := sharing_error(self)) is not None:
+            raise ValueError(error)
         return self
 
     @property
