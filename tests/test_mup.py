@@ -120,7 +120,7 @@ def test_mup_hidden_matrices_are_the_muon_group():
 
 def test_mup_refuses_a_model_without_block_matrices():
     with pytest.raises(ValueError, match="no block matrices"):
-        GPT(config(64, 32, block_linear="hyper"))
+        mup.init_weights(GPT(config(64, None, block_linear="hyper")))
 
 
 def test_mup_off_builds_the_baseline_bit_for_bit():
