@@ -135,7 +135,7 @@ def official_env(p: TrainParams, shards: Path, tokenizer: Path) -> dict[str, str
     m, o = p.model, p.optim
     env = {
         "DATA_PATH": str(shards), "TOKENIZER_PATH": str(tokenizer), "RUN_ID": "gpu_parity", "SEED": str(p.seed),
-        "ITERATIONS": str(p.iterations), "WARMUP_STEPS": "0", "MAX_WALLCLOCK_SECONDS": "0", "VAL_LOSS_EVERY": "0",
+        "ITERATIONS": str(p.iterations), "WARMDOWN_ITERS": str(max(1, round(p.warmdown_fraction * p.iterations))), "WARMUP_STEPS": "0", "MAX_WALLCLOCK_SECONDS": "0", "VAL_LOSS_EVERY": "0",
         "TRAIN_LOG_EVERY": "1", "TRAIN_BATCH_TOKENS": str(p.batch_tokens), "TRAIN_SEQ_LEN": str(p.seq_len),
         "VAL_BATCH_SIZE": str(p.val_batch_tokens), "VOCAB_SIZE": str(m.vocab_size), "NUM_LAYERS": str(m.layers),
         "MODEL_DIM": str(m.width), "NUM_HEADS": str(m.heads), "NUM_KV_HEADS": str(m.kv_heads), "MLP_MULT": str(int(m.mlp_mult)),
