@@ -22,6 +22,8 @@ from pgolf.pack.transforms import SYMBOL_TRANSFORMS
 from pgolf.pack.modelconfig import expand_model_config
 from pgolf.model import build_model
 from pgolf.quant.grids import GRIDS
+from pgolf.model.ternary import ternary_latent
+from pgolf.quant.ternary import ternary_group
 from pgolf.quant.scheme import QuantizedTensor
 
 TORCH_DTYPES = {
@@ -117,12 +119,17 @@ def quantized_tensors(parsed: ParsedArtifact, decoded: dict[PartKey, torch.Tenso
     return out
 
 
-def dequantized_state(parsed: ParsedArtifact, decoded: dict[PartKey, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights by name: quantized tensors rebuilt by `QuantizedTensor.dequantize`, plain tensors as stored (cast)."""
+def dequantized_state(parsed: ParsedArtifact, decoded: dict[PartKey, torch.Tensor], model_config: dict | None = None) -> dict[str, torch.Tensor]:
+    """Weights by name: quantized tensors rebuilt by `QuantizedTensor.dequantize`, plain tensors as stored (cast).
+    A ternary model's block matrices (`model_config`: block_linear ternary) are latent weights whose
+    ternarization is the stored trits and scales (`ternary_latent`): its layers ternarize again."""
     quantized = quantized_tensors(parsed, decoded)
     state: dict[str, torch.Tensor] = {}
     for entry in parsed.header.tensors:
-        if entry.role == "q":
+        if entry.role == "q" and (group := ternary_group(model_config or {}, entry.name)) is not None:
+            qt = quantized[entry.name]
+            state[entry.name] = ternary_latent(qt.q, qt.scale.float(), group).to(TORCH_DTYPES[entry.out_dtype])
+        elif entry.role == "q":
             state[entry.name] = quantized[entry.name].dequantize()
         elif entry.role == "plain":
             tensor = decoded[(entry.name, "plain", None)]
@@ -160,7 +167,7 @@ def artifact_from_parsed(parsed: ParsedArtifact) -> Artifact:
     meta = dict(parsed.header.meta)
     meta["file_bytes"] = parsed.file_bytes
     config = expand_model_config(parsed.header.model_config_, parsed.header.model_config_crc32)
-    return Artifact(model_config=config, tensors=dequantized_state(parsed, decoded), metadata=meta)
+    return Artifact(model_config=config, tensors=dequantized_state(parsed, decoded, config), metadata=meta)
 
 
 def model_from_artifact(artifact: Artifact, path: str | Path) -> torch.nn.Module:
