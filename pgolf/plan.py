@@ -57,6 +57,17 @@ def _val_tokens(sections: dict, metrics_dir: Path | None) -> tuple[int, str]:
     return int(guess), f"estimate: export.val_docs x fetch.doc_target_bytes / {BYTES_PER_TOKEN_GUESS} bytes per token"
 
 
+def uncalibrated(sections: dict) -> list[str]:
+    """Settings the byte model was not fitted on (its constants come from default pack/quantize coders)."""
+    quantize, pack = sections["quantize"], sections["pack"]
+    found = [f"pack.{key}: {getattr(pack, key)}" for key, fitted in (("compressor", ("best", "ans")), ("layout", ("column",)),
+                                                                     ("distribution", ("group",)), ("side_codec", ("brotli",)))
+             if getattr(pack, key) not in fitted]
+    if quantize.scale != "std":
+        found.append(f"quantize.scale: {quantize.scale} (k is ignored; entropy modelled at the given k)")
+    return found
+
+
 def make_plan(params_path: str | Path = "params.yaml", device: str = "cpu", repo_root: str | Path = ".",
               metrics_dir: str | Path | None = "metrics") -> dict[str, Any]:
     """The prediction as plain data (what `--json` prints)."""
@@ -106,6 +117,7 @@ def make_plan(params_path: str | Path = "params.yaml", device: str = "cpu", repo
         "eval_seconds": evals,
         "val_tokens": val_tokens,
         "val_tokens_source": val_source,
+        "uncalibrated": uncalibrated(sections),
     }
 
 
@@ -169,6 +181,8 @@ def format_plan(plan: dict[str, Any]) -> str:
                  f"{t['tokens']:,} tokens, {t['seconds']:,.1f} s (stopped by {t['stopped_by']})")
     evals = ", ".join(f"{k} {v:,.1f} s" for k, v in plan["eval_seconds"].items())
     lines.append(f"  eval         {evals} over {plan['val_tokens']:,} val tokens ({plan['val_tokens_source']})")
+    if plan["uncalibrated"]:
+        lines.append(f"  uncalibrated {'; '.join(plan['uncalibrated'])}: bytes less certain than the 2 % goal")
     return "\n".join(lines)
 
 

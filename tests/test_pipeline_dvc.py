@@ -160,3 +160,27 @@ def test_plots_render_offline(repo):
     assert "vega" in html and "{plot_divs}" not in html
     assert not re.search(r"<script[^>]+src=\"https?://", html), "plots page loads scripts from the network"
     assert (repo / "metrics/plots/train_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_check_on_the_tiny_run(repo, tmp_path):
+    """`pgolf plan --check` (issue 16) against the tiny profile's real pack as first reproduced
+    (later tests change its compressor): bytes_total predicted from params alone within 2 %."""
+    import argparse
+    import contextlib
+    import io
+
+    from pgolf.plan import add_plan_command
+
+    first = run(repo, "git", "log", "--format=%H", "--grep=^reproduced$").stdout.split()[0]
+    (tmp_path / "metrics").mkdir()
+    for name in ("params.yaml", "metrics/pack.json", "metrics/audit.json"):
+        (tmp_path / name).write_text(run(repo, "git", "show", f"{first}:{name}").stdout)
+    parser = argparse.ArgumentParser()
+    add_plan_command(parser.add_subparsers())
+    args = parser.parse_args(["plan", "--params", str(tmp_path / "params.yaml"), "--root", str(repo), "--check",
+                              "--metrics", str(tmp_path / "metrics"), "--json"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert args.func(args) == 0, out.getvalue()
+    check = json.loads(out.getvalue())["check"]
+    assert check[0]["quantity"] == "bytes_total" and abs(check[0]["error_pct"]) <= 2.0, check[:3]

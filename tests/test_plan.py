@@ -163,6 +163,13 @@ def test_check_uses_the_runs_code_when_the_sources_changed(default_plan, tmp_pat
     assert rows[1]["error_pct"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_settings_outside_the_fit_are_named(tmp_path):
+    params = (REPO / "params.yaml").read_text().replace("  compressor: best", "  compressor: zstd", 1)
+    (tmp_path / "params.yaml").write_text(params)
+    plan = make_plan(tmp_path / "params.yaml", "cpu", REPO, None)
+    assert plan["uncalibrated"] == ["pack.compressor: zstd"] and "uncalibrated pack.compressor: zstd" in format_plan(plan)
+
+
 def test_check_without_a_pack_and_unknown_device_fail_in_one_line(tmp_path):
     with pytest.raises(PgolfError, match="pack.json: no bytes_total"):
         _run(["--params", str(REPO / "params.yaml"), "--root", str(REPO), "--check", "--metrics", str(tmp_path)])
