@@ -266,3 +266,18 @@ def test_default_dense_model_is_unchanged_by_the_hyper_fields() -> None:
     b = GPT(ModelParams(vocab_size=VOCAB, layers=2, width=32, heads=4, kv_heads=2, hyper_rank=16, hyper_hidden=7)).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert "linear_shared" not in "".join(a)
+
+
+def test_the_hypernetwork_trains_in_its_own_adam_group_at_its_own_lr() -> None:
+    from pgolf.config.train import OptimParams
+    from pgolf.optim.groups import assign_groups, build_optimizers
+
+    model = tiny()
+    groups = assign_groups(model)
+    shared = {name for name, _ in model.named_parameters() if name.startswith("linear_shared.")}
+    assert shared and {name for name, _ in groups["hyper"]} == shared
+    assert not shared & {name for name, _ in groups["matrix"] + groups["scalar"]}
+    lrs = {g["group_name"]: g["base_lr"] for opt in build_optimizers(model, OptimParams()) for g in opt.param_groups}
+    assert lrs["hyper"] == OptimParams().hyper.lr == 0.01 and lrs["scalar"] == 0.04
+    dense = GPT(ModelParams(vocab_size=64, layers=2, width=16, heads=2, kv_heads=1))
+    assert assign_groups(dense)["hyper"] == []

@@ -64,6 +64,7 @@ class OptimParams(Section):
     embed: AdamGroupParams = Field(AdamGroupParams(lr=0.05), description="token embedding (official: 0.05 tied, 0.6 untied)")
     head: AdamGroupParams = Field(AdamGroupParams(lr=0.008), description="untied output head (official: 0.008)")
     scalar: AdamGroupParams = Field(AdamGroupParams(lr=0.04), description="vectors and scalars: gains, mixes, skip weights (official: 0.04)")
+    hyper: AdamGroupParams = Field(AdamGroupParams(lr=0.01), description="the hypernetwork of train.model.block_linear=hyper (PR #16), which generates every block matrix (0.01 trained the CPU model; the scalar group's 0.04 barely did)")
     grad_clip_norm: float = Field(0.0, ge=0.0, description="clip the global gradient norm; 0 = off (official: 0)")
 
 

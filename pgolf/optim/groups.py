@@ -48,6 +48,7 @@ GROUP_TABLE: tuple[GroupRule, ...] = (
     GroupRule("embed", "adam", lambda name, p: name in EMBED_TABLES),
     GroupRule("head", "adam", lambda name, p: name == "lm_head.weight"),
     GroupRule("matrix", "muon", is_matrix),
+    GroupRule("hyper", "adam", lambda name, p: name.startswith("linear_shared.")),  # block_linear=hyper's generator
     GroupRule("scalar", "adam", lambda name, p: True),
 )
 
