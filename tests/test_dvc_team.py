@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,11 +32,18 @@ STAMP = "data/params.ok"  # the guard's stamp: `cache: false` and git-ignored, s
 ABLATION_STAGES = {"params", "aggregate"}
 
 
+def _child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @contextmanager
-def timed(times: dict[str, float], step: str) -> Iterator[None]:
-    start = time.perf_counter()
+def timed(times: dict[str, tuple[float, float]], step: str) -> Iterator[None]:
+    """Record the step's wall seconds and the CPU seconds of the commands it waited for (a detached
+    process, such as a queue worker, is not counted)."""
+    wall, cpu = time.perf_counter(), _child_cpu()
     yield
-    times[step] = time.perf_counter() - start
+    times[step] = (time.perf_counter() - wall, _child_cpu() - cpu)
 
 
 def digests(repo: Path) -> dict[str, str]:
@@ -73,10 +81,11 @@ def exp_metrics(data: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def times() -> Iterator[dict[str, float]]:
-    measured: dict[str, float] = {}
+def times() -> Iterator[dict[str, tuple[float, float]]]:
+    measured: dict[str, tuple[float, float]] = {}
     yield measured
-    print("\nseconds per step:\n" + "\n".join(f"  {s:7.1f}  {step}" for step, s in measured.items()))
+    rows = [f"  {wall:7.1f} {cpu:7.1f}  {step}" for step, (wall, cpu) in measured.items()]
+    print("\n     wall     cpu  (seconds)\n" + "\n".join(rows))
 
 
 @pytest.fixture(scope="module")
