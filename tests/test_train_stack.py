@@ -28,7 +28,7 @@ from pgolf.optim import assign_groups, build_optimizers, set_schedule
 from pgolf.optim.muon import POLAR_EXPRESS_COEFFICIENTS
 from pgolf.train.data import StreamPosition, TokenStream
 from pgolf.train.ema import EMA
-from pgolf.train.loop import Trainer, train
+from pgolf.train.loop import Trainer, next_token_loss, train
 from pgolf.train.packed import PackedBatches, take_document_span
 from pgolf.train.schedule import lr_scale, muon_momentum, recurrence_on, seq_len_at, settings_at
 from train_helpers import VOCAB, make_shards, tiny_params
@@ -127,7 +127,7 @@ def test_seq_len_schedule_2014_example():
         ({"seq_len_schedule": [[0.5, 64], [0.2, 128]]}, "seq_len_schedule: progress points must increase"),
         ({"seq_len_schedule": [[1.0, 64]]}, "less than 1"),
         ({"seq_len_schedule": [[0.5, 1]]}, "greater than or equal to 2"),
-        ({"seq_len_schedule": [[0.5, 256]], "val_batch_tokens": 128}, r"multiple of the final seq_len\*nproc \(256\)"),
+        ({"seq_len_schedule": [[0.5, 256]], "val_batch_tokens": 128}, r"multiple of the final seq_len \* nproc \* nnodes \(256\)"),
         ({"loader": "packed"}, "loader: packed needs model.doc_attention: true"),
         ({"loader": "shuffled"}, "loader"),
         ({"final_lr_mode": "cosine"}, "final_lr_mode"),
@@ -264,7 +264,8 @@ def test_packed_steps_with_a_recurrence_switch_compile_without_graph_breaks(doc_
     params = tiny_params(tmp_path, iterations=4, val_every=0, loader="packed", model=model, seq_len_schedule=[[0.5, 64]])
     trainer = Trainer(params, doc_shards, tmp_path / "o", CPU, None)
     eager = Trainer(params, doc_shards, tmp_path / "e", CPU, None)
-    trainer.forward = torch.compile(trainer.model, backend="eager", fullgraph=True)
+    trainer.forward = torch.compile(trainer.model, backend="eager", fullgraph=True)  # validation
+    trainer.loss_of = torch.compile(next_token_loss, backend="eager", fullgraph=True)  # training: model + loss in one graph
     assert trainer.run().train_loss == pytest.approx(eager.run().train_loss, abs=1e-5)
 
 
