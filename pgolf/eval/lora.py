@@ -1,6 +1,6 @@
 """Per-lane LoRA for test-time training: one low-rank update per document lane, with its own Adam.
 
-`LaneLoRA` wraps a frozen nn.Linear: y = W x + (alpha/rank) * B_l A_l x, where l is the lane of
+`LaneLoRA` wraps a frozen linear map (an nn.Linear, or a generated HyperLinear): y = W x + (alpha/rank) * B_l A_l x, where l is the lane of
 the batch row (`select` sets the lane of each row). Every lane starts from the same random A and
 B = 0, so a fresh lane leaves the model's output unchanged bit for bit and a document's result
 does not depend on which lane it ran in. `LaneAdam` keeps Adam moments and step
@@ -16,15 +16,18 @@ import torch
 from torch import Tensor, nn
 
 from pgolf.errors import ParamsError
+from pgolf.model.hyperlinear import HyperLinear
+
+LINEAR_MAPS = (nn.Linear, HyperLinear)  # what LoRA adapts: x -> W x with in_features and out_features
 
 
 class LaneLoRA(nn.Module):
-    def __init__(self, base: nn.Linear, lanes: int, rank: int, alpha: float, generator: torch.Generator) -> None:
+    def __init__(self, base: nn.Module, lanes: int, rank: int, alpha: float, generator: torch.Generator, device: torch.device | None = None) -> None:
         super().__init__()
         self.base = base
         bound = 1.0 / math.sqrt(base.in_features)
         a = ((torch.rand(rank, base.in_features, generator=generator) * 2 - 1) * bound).expand(lanes, -1, -1).clone()
-        device = base.weight.device
+        device = device if device is not None else base.weight.device
         self.a = nn.Parameter(a.to(device))  # [L, r, in]
         self.b = nn.Parameter(torch.zeros(lanes, base.out_features, rank, device=device))  # [L, out, r]
         self.register_buffer("a_init", self.a.detach().clone(), persistent=False)
@@ -47,19 +50,20 @@ class LaneLoRA(nn.Module):
 
 
 def attach_lora(model: nn.Module, pattern: str, lanes: int, rank: int, alpha: float, seed: int) -> list[LaneLoRA]:
-    """Freeze `model` and replace each nn.Linear whose name matches `pattern` (re.search) by a LaneLoRA."""
+    """Freeze `model` and replace each linear map (LINEAR_MAPS) whose name matches `pattern` (re.search) by a LaneLoRA."""
     for p in model.parameters():
         p.requires_grad_(False)
     regex = re.compile(pattern)
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and regex.search(name)]
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, LINEAR_MAPS) and regex.search(name)]
     if not targets:
-        raise ParamsError(f"eval_ttt.lora_targets: {pattern!r} matches no nn.Linear module of the model")
+        raise ParamsError(f"eval_ttt.lora_targets: {pattern!r} matches no linear module of the model")
+    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     adapters = []
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        adapter = LaneLoRA(module, lanes, rank, alpha, generator)
+        adapter = LaneLoRA(module, lanes, rank, alpha, generator, device)
         setattr(parent, child, adapter)
         adapters.append(adapter)
     return adapters
