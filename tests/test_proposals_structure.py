@@ -414,3 +414,12 @@ def test_each_proposal_trains_packs_loads_and_evaluates(option, shards, tmp_path
     }.items():
         outcome = METHODS[method].evaluate(loaded.eval(), stream, p)
         assert 0 < outcome.result.val_bpb < 20, (method, outcome.result.val_bpb)
+
+
+def test_short_conv_matrices_quantize_in_the_attention_group():
+    """The convolution replaces attention in its blocks, so it is quantized at attention's bits, not as "other"."""
+    from pgolf.quant.groups import tensor_group
+
+    assert tensor_group("blocks.0.conv.in_proj.weight") == tensor_group("blocks.1.attn.c_q.weight") == "attention"
+    assert tensor_group("blocks.0.conv.out_proj.weight") == "attention"
+    assert tensor_group("blocks.0.mlp.fc.weight") == "mlp" and tensor_group("skip_weights") == "other"

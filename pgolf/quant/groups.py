@@ -13,7 +13,8 @@ import torch
 GROUPS = ("attention", "mlp", "embedding", "other")
 GROUP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("embedding", re.compile(r"(^|\.)(wte|tok_emb|tok_embeddings|embed|embedding|embeddings|lm_head)(\.|$)")),
-    ("attention", re.compile(r"(^|\.)(attn|attention|self_attn)(\.|$)")),
+    # The short convolution of train.model.conv_layers replaces attention in its blocks: quantized like it.
+    ("attention", re.compile(r"(^|\.)(attn|attention|self_attn|conv)(\.|$)")),
     ("mlp", re.compile(r"(^|\.)(mlp|ffn|feed_forward)(\.|$)")),
 )
 
