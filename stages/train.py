@@ -20,7 +20,7 @@ parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--shards", type=Path, default=Path("data/shards"))
 parser.add_argument("--out", type=Path, default=Path("data/train"))
 parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
-parser.add_argument("--live", type=Path, default=Path("dvclive/train"))
+parser.add_argument("--live", type=lambda text: Path(text) if text else None, default=Path("dvclive/train"), help="DVCLive curves directory; an empty value: no curves")
 parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
 args = parser.parse_args()
 
