@@ -58,19 +58,22 @@ OPTIONS: tuple[Option, ...] = (
                                         "train.optim.scalar.weight_decay": 0.0}, "Muon/Adam weight decay, record 2026-03-20_..._MuonWD"),
 )
 # Issue 15: the five published proposals, measured add-one against the CPU baseline (docs/ablations.md).
-# Equal-bytes comparisons are arms of their own: `with-sharing` stores the baseline's 4 blocks and runs
-# them as 8 layers; `with-q2-mix` quantizes the baseline checkpoint on the Q^2 grids.
+# Where the issue asks for equal bytes the arm is sized for it: `sharing` stores the baseline's 4
+# blocks and runs them as 8 layers; `hyper` at rank 4 has the dense model's parameter count at 4 x 128
+# (567,888 vs 592,144); `mup` is muP at the width whose learning rates the baseline was tuned at;
+# `ternary` is the record's storage (8-bit rest, trits 5 per byte).
 PROPOSALS: tuple[Option, ...] = (
     Option("sharing", "proposals", {"train.model.shared_blocks": 0}, "recursive weight sharing, PR #5",
            {"train.model.shared_blocks": 4, "train.model.layers": 8}),
     Option("local_window", "proposals", {"train.model.attention_window": 0}, "local attention, PR #5",
            {"train.model.attention_window": 64}),
     Option("hyper", "proposals", {"train.model.block_linear": "dense"}, "hypernetwork linears (BioDNA), PR #16",
-           {"train.model.block_linear": "hyper"}),
+           {"train.model.block_linear": "hyper", "train.model.hyper_rank": 4}),
     Option("mup", "proposals", {"train.model.mup_base_width": None}, "Muon + muP, PR #4",
-           {"train.model.mup_base_width": 64}),
+           {"train.model.mup_base_width": 128}),
     Option("ternary", "proposals", {"train.model.block_linear": "dense"}, "BitNet b1.58 ternary QAT + base-3 packing, record #640",
-           {"train.model.block_linear": "ternary", "quantize.method": "ternary"}),
+           {"train.model.block_linear": "ternary", "quantize.method": "ternary", "quantize.embedding.bits": 8,
+            "pack.transform": "trits", "pack.row_refs": False}),
     Option("conv_hybrid", "proposals", {"train.model.conv_layers": []}, "short-conv/attention hybrid (Q^2 proposal, after LFM2)",
            {"train.model.conv_layers": [0, 2]}),
 )
