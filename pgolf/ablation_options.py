@@ -76,6 +76,14 @@ PROPOSALS: tuple[Option, ...] = (
             "pack.transform": "trits", "pack.row_refs": False}),
     Option("conv_hybrid", "proposals", {"train.model.conv_layers": []}, "short-conv/attention hybrid (Q^2 proposal, after LFM2)",
            {"train.model.conv_layers": [0, 2]}),
+    # The Q^2 grids at the baseline's bytes: bits per group from {2, 4, 6, 8} fitted (pgolf.quant.ratedistortion)
+    # under 338,000 bytes_total (the proposals-cpu baseline's 338,357 at seed 1337, rounded down), midrise grid,
+    # a scale per 64 columns, clip-search scales, the fit weights `pgolf rd` calibrated on the default run.
+    Option("q2_mix", "proposals", {"quantize.attention.grid": "symmetric"}, "2/4/6/8-bit grids with group scales (Q^2 proposal)",
+           {**{f"quantize.{g}.{k}": v for g in ("attention", "mlp", "embedding") for k, v in (("grid", "midrise"), ("scale_group", 64))},
+            "quantize.scale": "clip_search", "quantize.fit_bits": [2, 4, 6, 8], "quantize.target_bytes": 338_000,
+            "quantize.fit_weights.attention": 0.0195, "quantize.fit_weights.mlp": 0.0757, "quantize.fit_weights.embedding": 6.44,
+            "quantize.fit_weights.other": 0.0, "quantize.fit_weights.embedding_lookup": 0.603}),
 )
 BY_NAME = {option.name: option for option in OPTIONS + PROPOSALS}
 
