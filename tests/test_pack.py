@@ -25,8 +25,9 @@ from pgolf.model import build_model
 from pgolf.pack import load_artifact, load_model_from_artifact
 from pgolf.pack.codecs import CODECS, compress, decompress, shuffle_bytes, unshuffle_bytes
 from pgolf.pack.entropy import decode, encode, fit_codebook, order0_entropy_bits
-from pgolf.pack.pack import ARTIFACT_NAME, pack_model, pack_stage
+from pgolf.pack.pack import ARTIFACT_NAME, check_total, pack_model, pack_stage
 from pgolf.pack.runs import encode_runs
+from pgolf.provenance import sha256_file
 from pgolf.pack.artifact import parse_artifact
 from pgolf.pack.load import artifact_from_parsed
 from pgolf.quant.apply import QuantizedModel, quantize_state
@@ -154,6 +155,38 @@ def test_pack_stage_writes_artifact_and_metrics(quantized, tmp_path):
     with torch.no_grad():
         assert torch.equal(rebuilt(idx), reference(idx))
     assert load_artifact(artifact).model_config == qm.model_config
+    assert metrics["provenance"]["config"].keys() == {"pack"} and metrics["provenance"]["data"] is None  # no tokenizer given
+    timing = read_json(tmp_path / "metrics" / "timing" / "pack.json")
+    assert 0 < timing["phases"]["compress"] <= timing["wall_seconds"] and "git_commit" in timing["provenance"]
+
+
+def test_pack_stage_metrics_are_seed_fixed_and_name_the_tokenizer(quantized, tmp_path):
+    _, _, qdir = quantized
+    tokenizer = tmp_path / "tokenizer.model"
+    tokenizer.write_bytes(b"a tokenizer model")
+    texts = []
+    for _ in range(2):
+        pack_stage(PackParams(), qdir, tmp_path / "pack", tmp_path / "pack.json", repo_root=REPO, tokenizer=tokenizer)
+        texts.append((tmp_path / "pack.json").read_bytes())
+    assert texts[0] == texts[1]
+    assert json.loads(texts[0])["provenance"]["data"]["tokenizer_sha256"] == sha256_file(tokenizer)
+
+
+def test_pack_stage_counts_given_code_bytes(quantized, tmp_path):
+    _, _, qdir = quantized
+    report = pack_stage(PackParams(), qdir, tmp_path / "pack", tmp_path / "pack.json", code_bytes=1234)
+    metrics = read_json(tmp_path / "pack.json")
+    assert report.bytes_code == metrics["bytes_code"] == 1234 and metrics["code"] == {"given_bytes": 1234}
+    assert metrics["bytes_total"] == metrics["bytes_model"] + 1234
+    with pytest.raises(ArtifactError, match=r"\(model \d+ \+ code 16000000\) exceeds pack.limit_bytes"):
+        pack_stage(PackParams(), qdir, tmp_path / "pack", tmp_path / "pack2.json", code_bytes=16_000_000)
+    assert not (tmp_path / "pack").exists()
+
+
+def test_check_total_gates_at_the_limit() -> None:
+    assert check_total(10, 5, 15) == 15
+    with pytest.raises(ArtifactError, match="exceeds pack.limit_bytes 15 by 1 bytes"):
+        check_total(10, 6, 15)
 
 
 def test_over_the_limit_fails_naming_the_overage_and_leaves_nothing(quantized, tmp_path):

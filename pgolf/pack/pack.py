@@ -10,6 +10,8 @@ ternary trits 5 per byte, Gray-coded bit packing). With `pack.row_refs`, near-du
 from a similar row (`pgolf.pack.rowrefs`). Scales, extras and passthrough tensors are packed together, one
 *byte stream* per dtype (byte-shuffled if `pack.shuffle`), coded by `pack.side_codec`. Every part
 of a `QuantizedTensor` is stored generically: a new kind of extra needs no change here.
+The stage's metrics carry the provenance (pgolf.provenance: the pack section, the tokenizer's
+sha256); its timing sidecar the ledger (pgolf.ledger: wall_seconds, phases {compress}).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import torch
 from pgolf.bytetable import tokenizer_sha256
 from pgolf.config.pack import PackParams
 from pgolf.errors import ArtifactError
-from pgolf.io import atomic_dir, write_json_atomic
+from pgolf.io import atomic_dir, write_metrics
+from pgolf.ledger import Phases
 from pgolf.pack.accounting import EntropyBound, entropy_bound, group_symbols
 from pgolf.pack.artifact import encode_artifact
 from pgolf.pack.cluster_fit import fit_classes
@@ -41,6 +44,7 @@ from pgolf.pack.reference_fit import fit_references
 from pgolf.pack.rowrefs import reference
 from pgolf.pack.runs import BLOB_HEAD, encode_runs
 from pgolf.pack.transforms import SYMBOL_TRANSFORMS
+from pgolf.provenance import data_fingerprint, stage_provenance
 from pgolf.quant.apply import QuantizedModel, dtype_name, summarize_report
 from pgolf.quant.grids import GRIDS
 from pgolf.quant.store import load_quantized
@@ -272,31 +276,46 @@ def pack_metrics(packed: PackedModel, params: PackParams) -> dict:
     }
 
 
+def check_total(bytes_model: int, bytes_code: int, limit: int) -> int:
+    """bytes_total; an ArtifactError (one line) over the limit."""
+    total = bytes_model + bytes_code
+    if total > limit:
+        raise ArtifactError(f"bytes_total {total} (model {bytes_model} + code {bytes_code}) exceeds pack.limit_bytes {limit} by {total - limit} bytes")
+    return total
+
+
 def pack_stage(params: PackParams, quantized_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
-               repo_root: str | Path = ".", tokenizer: str | Path | None = None) -> PackReport:
+               repo_root: str | Path = ".", tokenizer: str | Path | None = None, code_bytes: int | None = None) -> PackReport:
     """The `pack` stage: artifact into `out_dir`, metrics JSON; fails over the byte limit. With
-    `tokenizer`, the artifact records its sha256 and evaluation refuses any other tokenizer."""
+    `tokenizer`, the artifact records its sha256 and evaluation refuses any other tokenizer. The
+    code counted is `code_bytes` (a submission's own program), or when None pack.code_modules
+    measured under `repo_root`."""
+    phases = Phases()
     qm = load_quantized(quantized_dir)
     meta: dict = {}
     if tokenizer is not None:
         meta["tokenizer_sha256"] = tokenizer_sha256(tokenizer)
-    packed = pack_model(qm, params, meta)
-    code = measure_code_bytes(params.code_modules, repo_root)
-    total = packed.bytes_model + code.bytes_code
+    with phases("compress"):
+        packed = pack_model(qm, params, meta)
+    if code_bytes is None:
+        measured = measure_code_bytes(params.code_modules, repo_root)
+        code_bytes = measured.bytes_code
+        code = {"modules": list(params.code_modules), "files": list(measured.files), "bytes_raw": measured.bytes_raw, "codec": "lzma-9e"}
+    else:
+        code = {"given_bytes": code_bytes}  # the caller's program, counted whole
     out_dir = Path(out_dir)
     artifact_path = out_dir / ARTIFACT_NAME
-    log.info("bytes_model: %d bytes_code: %d bytes_total: %d limit_bytes: %d", packed.bytes_model, code.bytes_code, total, params.limit_bytes)
-    if total > params.limit_bytes:
+    log.info("bytes_model: %d bytes_code: %d bytes_total: %d limit_bytes: %d", packed.bytes_model, code_bytes, packed.bytes_model + code_bytes, params.limit_bytes)
+    try:
+        total = check_total(packed.bytes_model, code_bytes, params.limit_bytes)
+    except ArtifactError:
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        raise ArtifactError(f"bytes_total {total} (model {packed.bytes_model} + code {code.bytes_code}) exceeds pack.limit_bytes {params.limit_bytes} by {total - params.limit_bytes} bytes")
+        raise
     with atomic_dir(out_dir) as tmp:
         (tmp / ARTIFACT_NAME).write_bytes(packed.data)
-    report = PackReport(os.path.relpath(artifact_path, repo_root), packed.bytes_model, code.bytes_code, total, params.limit_bytes)
-    metrics = {
-        **report.__dict__,
-        **pack_metrics(packed, params),
-        "code": {"modules": list(params.code_modules), "files": list(code.files), "bytes_raw": code.bytes_raw, "codec": "lzma-9e"},
-    }
-    write_json_atomic(metrics_path, metrics)
+    report = PackReport(os.path.relpath(artifact_path, repo_root), packed.bytes_model, code_bytes, total, params.limit_bytes)
+    metrics = {**report.__dict__, **pack_metrics(packed, params), "code": code}
+    data = data_fingerprint([], tokenizer=tokenizer) if tokenizer is not None else None
+    write_metrics(metrics_path, metrics, phases.ledger(), stage_provenance({"pack": params}, data))
     return report
