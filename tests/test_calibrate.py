@@ -19,6 +19,8 @@ from pgolf.io import read_json
 from pgolf.model import build_model
 from pgolf.quant.calibrate import calibrate_hessians, calibrate_stage, check_train_shards, load_hessians, sample_batches
 from pgolf.quant.stage import quantize_stage
+from pgolf.config.pack import PackParams
+from pgolf.provenance import sha256_file
 from pgolf.quant.store import load_quantized
 from pgolf.train.checkpoint import CheckpointMeta, save_checkpoint
 from pgolf.train.data import StreamPosition
@@ -145,3 +147,32 @@ def test_calibrate_then_quantize_stages(shard_dir, tmp_path):
     with torch.no_grad():
         ref, out = model(idx), rebuilt(idx)
     assert float((ref - out).abs().max()) < 0.5 * float(ref.abs().max()) + 1e-3
+    for stage, phase, sections in (("calibrate", "hessians", {"calibrate"}), ("quantize", "solve", {"quantize"})):
+        provenance = read_json(tmp_path / "metrics" / f"{stage}.json")["provenance"]
+        assert provenance["config"].keys() == sections and provenance["device"] == {"kind": "cpu", "count": 1}
+        timing = read_json(tmp_path / "metrics" / "timing" / f"{stage}.json")
+        assert 0 < timing["phases"][phase] <= timing["wall_seconds"] and timing[f"{stage}_time_s"] > 0, stage
+    assert read_json(tmp_path / "metrics" / "calibrate.json")["provenance"]["data"]["shards_sha256"] == {
+        "fineweb_train_000000.bin": sha256_file(shard_dir / "fineweb_train_000000.bin")}
+
+
+def test_calibrate_and_quantize_metrics_are_seed_fixed(shard_dir, tmp_path):
+    ckpt = tmp_path / "checkpoint"
+    write_checkpoint(ckpt, tiny_model())
+    texts = []
+    for _ in range(2):
+        calibrate_stage(PARAMS, ckpt, [shard_dir / "fineweb_train_000000.bin"], tmp_path / "calibrate", tmp_path / "metrics" / "calibrate.json")
+        quantize_stage(QuantizeParams(min_numel=512), ckpt, tmp_path / "calibrate", tmp_path / "quantize", tmp_path / "metrics" / "quantize.json")
+        texts.append([(tmp_path / "metrics" / f"{stage}.json").read_bytes() for stage in ("calibrate", "quantize")])
+    assert texts[0] == texts[1] and all(b'"provenance"' in text for text in texts[0])
+
+
+def test_quantize_fit_counts_given_code_bytes_and_hashes_the_pack_section(shard_dir, tmp_path):
+    ckpt = tmp_path / "checkpoint"
+    write_checkpoint(ckpt, tiny_model())
+    calibrate_stage(PARAMS, ckpt, [shard_dir / "fineweb_train_000000.bin"], tmp_path / "calibrate", tmp_path / "calibrate.json")
+    params = QuantizeParams(min_numel=512, target_bytes=1_000_000)
+    quantize_stage(params, ckpt, tmp_path / "calibrate", tmp_path / "quantize", tmp_path / "quantize.json", PackParams(), code_bytes=777)
+    metrics = read_json(tmp_path / "quantize.json")
+    assert metrics["fit"]["bytes_code"] == 777 and metrics["fit"]["bytes_model_predicted"] == metrics["fit"]["bytes_total_predicted"] - 777
+    assert metrics["provenance"]["config"].keys() == {"quantize", "pack"}

@@ -4,6 +4,10 @@ The stage is given explicit training shard files (DVC deps are those files, not 
 directory, so validation shards are neither read nor a dependency). A path whose name is not a
 training shard's is refused before anything is opened. Windows of `seq_len` tokens are drawn at
 seeded random positions from those shards (memory-mapped: only the windows are read).
+The metrics carry the provenance (pgolf.provenance: the calibrate section, the shards read); the
+timing sidecar `calibrate_time_s` (the stage's seconds, the leaderboard's Hessian reading) and the
+ledger (pgolf.ledger: wall_seconds, phases {hessians}: the collection, absent when the training
+ranks' Hessians are reused).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,9 @@ from pgolf.config.calibrate import CalibrateParams
 from pgolf.data.shards import read_shard
 from pgolf.errors import DataError
 from pgolf.io import atomic_dir, read_json, write_json_atomic, write_metrics
+from pgolf.ledger import Phases
 from pgolf.model.checkpoint import load_model, read_train_param
+from pgolf.provenance import data_fingerprint, stage_provenance
 from pgolf.quant.hessian import HessianSet, collect_hessians
 
 log = logging.getLogger(__name__)
@@ -152,26 +157,32 @@ def load_hessians(directory: str | Path) -> HessianSet:
 
 def calibrate_stage(params: CalibrateParams, checkpoint_dir: str | Path, train_shards: list[str | Path], out_dir: str | Path, metrics_path: str | Path) -> CalibrateResult:
     """The `calibrate` stage: load the checkpoint, collect Hessians, write them and metrics."""
-    started = time.perf_counter()
+    phases = Phases()
+    given = params
     params = resolve_seq_len(params, checkpoint_dir)
-    names = [p.name for p in check_train_shards(train_shards)]
+    paths = check_train_shards(train_shards)
+    names = [p.name for p in paths]
     found, why = train_ranks_hessians(checkpoint_dir, params, names) if params.on_train_ranks else (None, "")
+    device = torch.device("cpu")  # the stage computes where load_model puts the model
     if found is not None:
         with atomic_dir(out_dir) as tmp:
             for name in (HESSIANS_FILE, LAYERS_FILE):
                 shutil.copyfile(Path(checkpoint_dir) / name, tmp / name)
         hs = load_hessians(out_dir)
-        result = CalibrateResult(hs.tokens, params.batches, params.seq_len, len(hs.layers), len(hs.hessians), tuple(names), time.perf_counter() - started, "train_ranks")
+        result = CalibrateResult(hs.tokens, params.batches, params.seq_len, len(hs.layers), len(hs.hessians), tuple(names), phases.clock() - phases.started, "train_ranks")
         log.info("Hessians collected on %d training rank(s) right after the loop (their seconds: calibrate_seconds in the train timing)", found["world_size"])
     else:
         if params.on_train_ranks:
             log.warning("%s: collecting them here, outside the training budget", why)
         model = load_model(checkpoint_dir)
-        hs = calibrate_hessians(model, train_shards, params)
+        device = next(model.parameters()).device
+        with phases("hessians"):
+            hs = calibrate_hessians(model, paths, params)
         with atomic_dir(out_dir) as tmp:
             save_hessians(hs, tmp, names, {"sampling": sampling_of(params), "collected_on": "calibrate_stage", "world_size": 1})
-        result = CalibrateResult(hs.tokens, params.batches, params.seq_len, len(hs.layers), len(hs.hessians), tuple(names), time.perf_counter() - started)
+        result = CalibrateResult(hs.tokens, params.batches, params.seq_len, len(hs.layers), len(hs.hessians), tuple(names), phases.clock() - phases.started)
     metrics = {k: v for k, v in result.__dict__.items() if k != "calibrate_time_s"} | {"shards": names}
-    write_metrics(metrics_path, metrics, {"calibrate_time_s": result.calibrate_time_s})
+    provenance = stage_provenance({"calibrate": given}, data_fingerprint(paths), device)
+    write_metrics(metrics_path, metrics, {"calibrate_time_s": result.calibrate_time_s, **phases.ledger()}, provenance)
     log.info("tokens: %d layers: %d groups: %d calibrate_time_s: %.1f", result.tokens, result.layers, result.groups, result.calibrate_time_s)
     return result
