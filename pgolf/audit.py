@@ -16,6 +16,10 @@ whitespace: no token stands for them, as in the records' sidecar). Inverting the
 decoded tokens gives the normalized source wherever the normalizer leaves case alone; where NFKC
 itself spells ASCII capitals (``™`` -> ``TM``, fullwidth letters) it cannot, so those documents are
 counted (`transform_inverse_exact_docs`) rather than failed.
+
+The metrics carry the provenance (pgolf.provenance: the audit section, the sha256 of the manifest,
+of every shard and of the tokenizer model); the timing sidecar the ledger (pgolf.ledger:
+wall_seconds, phases {checks, fingerprints}).
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from pgolf.data.docs import Fetched, iter_docs, read_fetched
 from pgolf.data.hub import DATASET_PREFIX, HUB_DIR, MANIFEST
 from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens, read_header, split_documents
 from pgolf.errors import AuditError, DataError, ShardError
-from pgolf.io import read_json, write_json_atomic
+from pgolf.io import read_json, write_metrics
+from pgolf.ledger import Phases
+from pgolf.provenance import data_fingerprint, shard_files, stage_provenance
 from pgolf.bytetable import SPACE_PIECE, byte_table, load_processor, load_sidecar, stream_bytes
 from pgolf.overlap import check_overlap
 from pgolf.progress import progress
@@ -295,8 +301,12 @@ def audit(fetched: Fetched, tokenizer_dir: str | Path, shards_dir: str | Path, p
 
 def run_audit(fetched_dir: str | Path, tokenizer_dir: str | Path, shards_dir: str | Path, params: AuditParams, metrics_path: str | Path) -> AuditResult:
     """The audit stage: audit, then write the metrics JSON atomically (nothing is written on failure)."""
-    result = audit(read_fetched(fetched_dir), tokenizer_dir, shards_dir, params)
-    write_json_atomic(metrics_path, result.metrics())
+    phases = Phases()
+    with phases("checks"):
+        result = audit(read_fetched(fetched_dir), tokenizer_dir, shards_dir, params)
+    with phases("fingerprints"):
+        data = data_fingerprint(shard_files(shards_dir), tokenizer=read_tokenizer(tokenizer_dir).model_path)
+    write_metrics(metrics_path, result.metrics(), phases.ledger(), stage_provenance({"audit": params}, data))
     for key, value in result.metrics().items():
         log.info("%s: %s", key, value)
     return result

@@ -78,8 +78,18 @@ def independent_metrics(tok_dir: Path, shards_dir: Path) -> dict:
 def test_audit_passes_and_metrics_match_an_independent_recomputation(built, tmp_path):
     metrics_path = tmp_path / "metrics" / "audit.json"
     result = run_audit(built / "fetch", built / "tok", built / "shards", AuditParams(), metrics_path)
-    metrics = json.loads(metrics_path.read_text())
+    first = metrics_path.read_bytes()
+    metrics = json.loads(first)
+    provenance = metrics.pop("provenance")
     assert metrics == result.metrics()
+    shards = list_shards(built / "shards", "train") + list_shards(built / "shards", "val")
+    assert provenance["data"]["shards_sha256"] == {p.name: sha256_file(p) for p in shards}
+    assert provenance["data"]["manifest_sha256"] == sha256_file(built / "shards" / SHARDS_MANIFEST)
+    assert provenance["data"]["tokenizer_sha256"] == sha256_file(built / "tok" / MODEL_FILE) and provenance["config"].keys() == {"audit"}
+    timing = json.loads((metrics_path.parent / "timing" / "audit.json").read_text())
+    assert timing["phases"].keys() == {"checks", "fingerprints"} and sum(timing["phases"].values()) <= timing["wall_seconds"]
+    run_audit(built / "fetch", built / "tok", built / "shards", AuditParams(), metrics_path)
+    assert metrics_path.read_bytes() == first  # seed-fixed: nothing volatile
     recomputed = independent_metrics(built / "tok", built / "shards")
     assert {k: metrics[k] for k in recomputed} == recomputed
     assert metrics["val_docs"] == VAL_DOCS and metrics["vocab_size"] == 512
@@ -254,7 +264,7 @@ def test_audit_caseops_counts_the_original_bytes(built_caseops, tmp_path):
     assert metrics["val_edge_bytes"] == edges > 0
     assert metrics["val_bytes"] == int(load_sidecar(list_shards(root / "shards", "val")).sum())
     assert metrics["transform_inverse_exact_docs"] == VAL_DOCS - 2  # NFKC spells ™ and Ⅻ/Ａ in ASCII capitals
-    assert result.metrics() == metrics
+    assert {**result.metrics(), "provenance": metrics["provenance"]} == metrics
 
 
 def test_audit_without_transform_reports_as_before(built):
