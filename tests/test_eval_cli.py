@@ -118,9 +118,10 @@ def test_eval_sliding_stage_writes_metrics_with_the_gap(workspace, tmp_path: Pat
     proc, metrics = run_stage_script(workspace, "eval_sliding", tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(metrics.read_text())
-    assert set(out) == {"val_bpb", "val_loss", "scored_tokens", "scored_bytes", "quantization_gap", "legality"}
-    assert out["legality"]["passed"] is True
-    assert set(json.loads((metrics.parent / "timing" / metrics.name).read_text())) == {"seconds"}  # run to run: apart
+    assert set(out) == {"val_bpb", "val_loss", "scored_tokens", "scored_bytes", "quantization_gap", "legality", "provenance"}
+    assert out["legality"]["passed"] is True and out["provenance"]["config"].keys() == {"eval_sliding"}
+    timing = json.loads((metrics.parent / "timing" / metrics.name).read_text())  # run to run: apart
+    assert set(timing) == {"seconds", "wall_seconds", "phases", "provenance"} and timing["phases"].keys() == {"precompute", "scoring", "gap"}
     assert out["scored_bytes"] == workspace["val_bytes"]
     assert isinstance(out["quantization_gap"], float) and out["quantization_gap"] != 0.0
 

@@ -44,9 +44,12 @@ def test_train_stage_writes_checkpoint_metrics_and_curves(shards, tmp_path):
     params = tiny_params(tmp_path, iterations=30)
     result = run_train_stage(params, shards, tmp_path / "out", tmp_path / "metrics.json", tmp_path / "live")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics) == METRIC_KEYS and metrics["steps"] == 30  # nothing that changes run to run
+    assert set(metrics) == METRIC_KEYS | {"provenance"} and metrics["steps"] == 30  # nothing that changes run to run
+    assert metrics["provenance"]["device"] == {"kind": "cpu", "count": 1} and metrics["provenance"]["config"].keys() == {"train"}
     timing = json.loads((tmp_path / "timing" / "metrics.json").read_text())
-    assert set(timing) == {"tokens_per_second", "wallclock_seconds", "calibrate_seconds"} and timing["tokens_per_second"] > 0
+    assert set(timing) == {"tokens_per_second", "wallclock_seconds", "calibrate_seconds", "phases", "wall_seconds", "provenance"}
+    assert timing["tokens_per_second"] > 0 and {"compile_warmup", "loop"} <= timing["phases"].keys()
+    assert sum(timing["phases"].values()) <= timing["wall_seconds"] and "git_commit" in timing["provenance"]
     assert timing["calibrate_seconds"] == 0.0  # calibrate.on_train_ranks off
     assert metrics["tokens_seen"] == 30 * 512
     assert result.val_loss < np.log(VOCAB) - 1.0  # learned the Markov structure well below uniform
