@@ -31,8 +31,7 @@ from pgolf.pack.pack import pack_stage
 from pgolf.quant.calibrate import calibrate_stage
 from pgolf.quant.stage import quantize_stage
 from pgolf.submission.bundle import bundle_modules, extract, minify, program_params, self_extracting, third_party_imports
-from pgolf.submission.entry import check_total
-from pgolf.submission.export import RunPaths, config_diff, export_record
+from pgolf.submission.export import RunPaths, config_diff, export_record, run_hardware, run_versions, versions
 from pgolf.tokenizer import train_tokenizer
 from pgolf.config.data import TokenizerParams
 from pgolf.train.stage import run_train_stage
@@ -77,10 +76,14 @@ def test_bundle_is_the_entry_closure_without_export_or_stage_plumbing() -> None:
     assert not names & {"pgolf.submission.export", "pgolf.submission.bundle", "pgolf.submission.cli", "pgolf.cli", "pgolf.aggregate"}
 
 
-def test_check_total_gates_at_the_limit() -> None:
-    assert check_total(10, 5, 15) == 15
-    with pytest.raises(ArtifactError, match="exceeds pack.limit_bytes 15 by 1 bytes"):
-        check_total(10, 6, 15)
+def test_hardware_and_versions_come_from_the_provenance() -> None:
+    gpu = {"pgolf": "0.1.0", "python": "3.12.1", "torch": "2.9.0", "cuda": "12.8", "driver": "570.1", "device": {"kind": "NVIDIA H100 80GB HBM3", "count": 8}}
+    assert run_versions(gpu) == {"pgolf": "0.1.0", "python": "3.12.1", "torch": "2.9.0", "cuda": "12.8", "driver": "570.1"}
+    assert run_versions(None) == versions()  # a run without provenance: this process's
+    assert run_hardware({1: {"provenance": gpu}, 2: {"provenance": gpu}}) == "8x NVIDIA H100 80GB HBM3"
+    cpu = {**gpu, "device": {"kind": "cpu", "count": 1}}
+    assert run_hardware({1: {"provenance": gpu}, 2: {"provenance": cpu}}) == "8x NVIDIA H100 80GB HBM3 / 1x cpu"
+    assert run_hardware({1: {"provenance": None}}) is None
 
 
 def test_config_diff_lists_only_changed_values() -> None:
@@ -171,6 +174,11 @@ def test_record_folder_matches_the_run(tiny_run: RunPaths, record: Path) -> None
     assert all("==" in line for line in pins) and any(line.startswith("torch==") for line in pins)
     readme = (record / "README.md").read_text()
     assert "`train.iterations` | `300` | `12`" in readme and "strict reading" in readme and f"{sub['val_bpb']:.5f}" in readme
+    provenance = json.loads((tiny_run.metrics / "train.json").read_text())["provenance"]
+    assert sub["hardware"] == "1x cpu" and "hardware: 1x cpu; " in readme
+    assert sub["versions"]["torch"] == sub["pytorch_version"] == provenance["torch"] and sub["versions"]["cuda"] == provenance["cuda"]
+    run_git = json.loads((tiny_run.metrics / "timing" / "train.json").read_text())["provenance"]
+    assert sub["git"] == {"commit": run_git["git_commit"], "dirty": run_git["git_dirty"]} and "not 8x H100 80GB SXM" in readme
     params = program_params((record / "train_gpt.py").read_text())
     assert params["train"]["iterations"] == 12 and set(params) == {"train", "calibrate", "quantize", "pack", *(f"eval_{m}" for m in stage_methods())}
 

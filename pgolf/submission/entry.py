@@ -7,8 +7,9 @@ the DVC stages do, into one output directory, with no params.yaml and no environ
 
 The training ranks train (and collect the GPTQ Hessians with calibrate.on_train_ranks); rank 0
 then calibrates, quantizes, packs and scores the artifact by every embedded evaluation method.
-The code counted is the program's own file: bytes_total = bytes_model + len(train_gpt.py), gated
-by pack.limit_bytes as the pack stage gates its own accounting.
+The code counted is the program's own file: the quantize fit (quantize.target_bytes) and the pack
+stage are given code_bytes = len(train_gpt.py), so bytes_total = bytes_model + len(train_gpt.py),
+gated by pack.limit_bytes.
 """
 
 from __future__ import annotations
@@ -25,17 +26,16 @@ from pgolf.config.quantize import QuantizeParams
 from pgolf.config.train import TrainParams
 from pgolf.data.shards import list_shards
 from pgolf.dist import launched_by_torchrun
-from pgolf.errors import ArtifactError, DataError, ParamsError, PgolfError
+from pgolf.errors import DataError, ParamsError, PgolfError
 from pgolf.eval.methods import METHODS
 from pgolf.eval.run import eval_stage
-from pgolf.io import atomic_dir, write_json_atomic, write_metrics
+from pgolf.io import write_json_atomic
 from pgolf.stage import EXIT_BAD_PARAMS, EXIT_FAILED, EXIT_INTERRUPTED, setup_logging
 
 log = logging.getLogger(__name__)
 
 SECTIONS: dict[str, type[Section]] = {"train": TrainParams, "calibrate": CalibrateParams, "quantize": QuantizeParams, "pack": PackParams}
 EVAL_PREFIX = "eval_"
-ARTIFACT_NAME = "model.pgolf"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -68,56 +68,11 @@ def effective_params(embedded: dict, args: argparse.Namespace) -> tuple[dict[str
     return stages, evals
 
 
-def check_total(bytes_model: int, bytes_code: int, limit: int) -> int:
-    """bytes_total; an ArtifactError (one line) over the limit."""
-    total = bytes_model + bytes_code
-    if total > limit:
-        raise ArtifactError(f"bytes_total {total} (model {bytes_model} + code {bytes_code}) exceeds pack.limit_bytes {limit} by {total - limit} bytes")
-    return total
-
-
-def quantize(q: QuantizeParams, pack: PackParams, checkpoint: Path, hessians_dir: Path, out: Path, metrics: Path, code_bytes: int) -> None:
-    """The quantize stage; with quantize.target_bytes the fit counts this program's bytes as the code."""
-    from pgolf.quant.stage import quantize_stage
-
-    if q.target_bytes is None:
-        quantize_stage(q, checkpoint, hessians_dir, out, metrics, pack)
-        return
-    from pgolf.model.checkpoint import load_model, read_checkpoint_json
-    from pgolf.quant.calibrate import load_hessians
-    from pgolf.quant.ratedistortion import HASH_SLACK, Packer
-    from pgolf.quant.stage import fit_metrics, fit_to_budget
-    from pgolf.quant.store import save_quantized
-
-    hs = load_hessians(hessians_dir)
-    packer = Packer(load_model(checkpoint).state_dict(), {n: hs.hessians[g] for n, g in hs.layers.items()},
-                    read_checkpoint_json(checkpoint)["model_config"], pack, code_bytes)
-    found = fit_to_budget(packer, q, q.target_bytes - HASH_SLACK)
-    with atomic_dir(out) as tmp:
-        save_quantized(found.model, tmp)
-    write_metrics(metrics, {"method": q.method, "fit": fit_metrics(found, code_bytes, q.target_bytes)}, {})
-
-
-def pack(params: PackParams, quantized: Path, tokenizer: Path, out: Path, metrics: Path, program: str, code_bytes: int) -> dict:
-    """The artifact out/model.pgolf and its accounting, the program's bytes as the code."""
-    from pgolf.bytetable import tokenizer_sha256
-    from pgolf.pack.pack import pack_metrics, pack_model
-    from pgolf.quant.store import load_quantized
-
-    packed = pack_model(load_quantized(quantized), params, {"tokenizer_sha256": tokenizer_sha256(tokenizer)})
-    total = check_total(packed.bytes_model, code_bytes, params.limit_bytes)
-    with atomic_dir(out) as tmp:
-        (tmp / ARTIFACT_NAME).write_bytes(packed.data)
-    report = {"artifact": str(out / ARTIFACT_NAME), "bytes_model": packed.bytes_model, "bytes_code": code_bytes, "bytes_total": total,
-              "limit_bytes": params.limit_bytes, **pack_metrics(packed, params), "code": {"program": program, "bytes": code_bytes}}
-    write_json_atomic(metrics, report)
-    log.info("bytes_model: %d bytes_code: %d bytes_total: %d limit_bytes: %d", packed.bytes_model, code_bytes, total, params.limit_bytes)
-    return report
-
-
 def run(embedded: dict, args: argparse.Namespace, program: Path) -> dict | None:
     """Every phase; the final metrics on the process that scored the artifact, None on other ranks."""
+    from pgolf.pack.pack import pack_stage
     from pgolf.quant.calibrate import calibrate_stage
+    from pgolf.quant.stage import quantize_stage
     from pgolf.train.stage import run_train_stage
 
     stages, evals = effective_params(embedded, args)
@@ -138,14 +93,14 @@ def run(embedded: dict, args: argparse.Namespace, program: Path) -> dict | None:
     if not train_shards:
         raise DataError(f"{args.shards}: no training shard to calibrate on")
     calibrate_stage(calibrate, checkpoint, train_shards, out / "calibrate", metrics / "calibrate.json")
-    quantize(stages["quantize"], stages["pack"], checkpoint, out / "calibrate", out / "quantize", metrics / "quantize.json", code_bytes)
-    packed = pack(stages["pack"], out / "quantize", args.tokenizer, out / "pack", metrics / "pack.json", program.name, code_bytes)
+    quantize_stage(stages["quantize"], checkpoint, out / "calibrate", out / "quantize", metrics / "quantize.json", stages["pack"], code_bytes=code_bytes)
+    packed = pack_stage(stages["pack"], out / "quantize", out / "pack", metrics / "pack.json", tokenizer=args.tokenizer, code_bytes=code_bytes)
     scores = {m: eval_stage(m, p, out / "pack", args.shards, args.tokenizer, checkpoint, metrics / f"eval_{m}.json")["val_bpb"]
               for m, p in evals.items()}
-    summary = {"seed": train.seed, "steps": result.steps, "val_bpb": scores, "bytes_model": packed["bytes_model"],
-               "bytes_code": code_bytes, "bytes_total": packed["bytes_total"]}
+    summary = {"seed": train.seed, "steps": result.steps, "val_bpb": scores, "bytes_model": packed.bytes_model,
+               "bytes_code": code_bytes, "bytes_total": packed.bytes_total}
     write_json_atomic(out / "result.json", summary)
-    log.info("final: %s", " ".join(f"val_bpb@{m} {v:.6f}" for m, v in scores.items()) + f" bytes_total {packed['bytes_total']}")
+    log.info("final: %s", " ".join(f"val_bpb@{m} {v:.6f}" for m, v in scores.items()) + f" bytes_total {packed.bytes_total}")
     return summary
 
 
