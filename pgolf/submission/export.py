@@ -7,7 +7,9 @@ seeds under data/aggregate/seed-<S>/, the training curves in dvclive/train) it w
   params embedded; its length is the submission's bytes_code;
 - submission.json: the fields the records use (val_bpb mean and std over seeds, per-seed results,
   bytes_total = bytes_model + len(train_gpt.py), seeds, hardware, versions), with pgolf's own
-  accounting beside it;
+  accounting beside it. Hardware, versions (torch, CUDA, driver) and the git commit are the run's,
+  from the train metrics' provenance (pgolf.provenance) and its timing sidecar; only a run without
+  them falls back on this process's versions, this checkout's commit and --hardware;
 - README.md (`pgolf.submission.readme`), requirements.txt (pinned versions of what the program
   imports), and the run's records: metrics/ (every metrics and timing file, per seed) and
   train_curves/ (DVCLive). The stages keep no text logs (they log to the terminal); the program
@@ -91,6 +93,15 @@ def _load(path: Path) -> dict:
     return {**(read_json(sidecar, "timing file") if sidecar.is_file() else {}), **data}
 
 
+def _run_git(metrics_path: Path) -> dict[str, Any] | None:
+    """{"commit", "dirty"} the stage ran at, from its timing sidecar's provenance; None without one."""
+    sidecar = timing_path(metrics_path)
+    volatile = read_json(sidecar, "timing file").get("provenance") if sidecar.is_file() else None
+    if not isinstance(volatile, dict) or volatile.get("git_commit") is None:
+        return None
+    return {"commit": volatile["git_commit"], "dirty": volatile.get("git_dirty")}
+
+
 def seed_metrics(metrics_dir: Path) -> dict[str, Any]:
     """One seed's figures from its metrics directory."""
     train, pack, calibrate = _load(metrics_dir / "train.json"), _load(metrics_dir / "pack.json"), _load(metrics_dir / "calibrate.json")
@@ -109,6 +120,7 @@ def seed_metrics(metrics_dir: Path) -> dict[str, Any]:
             **{f"eval_{m}_s": e.get("seconds") for m, e in evals.items() if e},
         },
         "provenance": train.get("provenance"),
+        "git": _run_git(metrics_dir / "train.json"),
     }
 
 
@@ -147,6 +159,30 @@ def versions() -> dict[str, Any]:
     return {"pgolf": __version__, "python": platform.python_version(), "torch": dist("torch")}
 
 
+VERSION_KEYS = ("pgolf", "python", "torch", "cuda", "driver")
+
+
+def run_versions(provenance: dict | None) -> dict[str, Any]:
+    """The versions the run recorded in its provenance; this process's when it recorded none."""
+    if not provenance or provenance.get("torch") is None:
+        return versions()
+    return {key: provenance.get(key) for key in VERSION_KEYS}
+
+
+def device_text(provenance: dict | None) -> str | None:
+    """"<count>x <device kind>" of a provenance; None when it has no device."""
+    device = (provenance or {}).get("device")
+    if not isinstance(device, dict) or not device.get("kind"):
+        return None
+    return f"{device.get('count', 1)}x {device['kind']}"
+
+
+def run_hardware(results: dict[int, dict]) -> str | None:
+    """What the seeds trained on (each distinct device, in seed order); None when no seed recorded one."""
+    found = [text for r in results.values() if (text := device_text(r.get("provenance")))]
+    return " / ".join(dict.fromkeys(found)) or None
+
+
 def git_state(root: Path) -> dict[str, Any]:
     """The commit of the checkout and whether its tree has uncommitted changes (None outside git)."""
     def git(*args: str) -> str | None:
@@ -164,6 +200,8 @@ def git_state(root: Path) -> dict[str, Any]:
 def submission_record(name: str, date: str, results: dict[int, dict], method: str, program: Program, hardware: str,
                       author: str, github_id: str, root: Path) -> dict[str, Any]:
     seeds = list(results)
+    provenance = results[seeds[0]].get("provenance")
+    ran = run_versions(provenance)
     bpbs = [results[s]["val_bpb"][method] for s in seeds]
     losses = [results[s]["val_loss"].get(method) for s in seeds]
     stats = summarize(bpbs)
@@ -179,9 +217,8 @@ def submission_record(name: str, date: str, results: dict[int, dict], method: st
                                   **{k: v for k, v in results[s]["timing"].items() if v is not None}} for s in seeds},
         "bytes_total": max(totals.values()), "bytes_code": program.bytes_code, "bytes_model": results[seeds[0]]["bytes_model"],
         "artifact_bytes_max": max(totals.values()),
-        "hardware": hardware, "pytorch_version": versions()["torch"], "versions": versions(), "git": git_state(root),
+        "hardware": hardware, "pytorch_version": ran["torch"], "versions": ran, "git": results[seeds[0]].get("git") or git_state(root),
     }
-    provenance = results[seeds[0]].get("provenance")
     if provenance:
         record["provenance"] = provenance
     return record
@@ -210,7 +247,8 @@ def export_record(name: str, date: str | None = None, out: str | Path = RECORDS_
     if worst + program.bytes_code > limit_bytes:
         raise ArtifactError(f"bytes_total {worst + program.bytes_code} (model {worst} + {PROGRAM_NAME} {program.bytes_code}) "
                             f"exceeds {limit_bytes} by {worst + program.bytes_code - limit_bytes} bytes")
-    record = submission_record(name, date, results, chosen, program, hardware or default_hardware(sections), author, github_id, paths.root)
+    hardware = hardware or run_hardware(results) or default_hardware(sections)
+    record = submission_record(name, date, results, chosen, program, hardware, author, github_id, paths.root)
     runtime_code = _load(paths.metrics / "pack.json").get("bytes_code")
     if folder.exists():
         shutil.rmtree(folder)

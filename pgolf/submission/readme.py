@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pgolf.ledger import TRAIN_LIMIT_SECONDS, hardware_note
 from pgolf.submission.bundle import PROGRAM_NAME, Program
 
 LEDGER = (  # timing key -> what it measures
@@ -14,7 +15,6 @@ LEDGER = (  # timing key -> what it measures
     ("calibrate_s", "GPTQ Hessians in the calibrate stage (outside the training budget)"),
     ("quantize_s", "quantization"),
 )
-TRAIN_BUDGET_S = 600.0
 
 
 def _value(value: Any) -> str:
@@ -55,14 +55,16 @@ def ledger_table(record: dict) -> list[str]:
         if loop is not None:
             strict = loop + hess
             lines.append(f"- seed {seed}: strict reading (loop + Hessians) {strict:.1f} s, lenient (loop alone) {loop:.1f} s, "
-                         f"{'within' if strict <= TRAIN_BUDGET_S else 'OVER'} the {TRAIN_BUDGET_S:.0f} s budget")
+                         f"{'within' if strict <= TRAIN_LIMIT_SECONDS else 'OVER'} the {TRAIN_LIMIT_SECONDS:.0f} s budget")
+    lines.append(f"- {hardware_note((record.get('provenance') or {}).get('device'))}")
     return lines
 
 
 def render_readme(record: dict, diff: list[tuple[str, Any, Any]], program: Program, pins: list[str],
                   runtime_code: int | None, methods: list[str]) -> str:
     lines = [f"# {record['name']}", "",
-             f"{record['blurb']} Track {record['track']}, {record['date']}; hardware: {record['hardware']}.", "",
+             f"{record['blurb']} Track {record['track']}, {record['date']}; hardware: {record['hardware']}; "
+             + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v is not None) + ".", "",
              "## Method", "",
              "pgolf's model, training, GPTQ quantization, packing and evaluation with these values changed from pgolf's "
              f"defaults (pgolf {record['versions']['pgolf']}, commit {record['git']['commit'] or 'unknown'}"
