@@ -6,8 +6,8 @@ seconds; what is left is set-up and bookkeeping), recorded by `Phases`:
 train: startup, compile_warmup (the session's first optimizer step, where torch.compile compiles),
 loop (the rest of the loop in wall time, with mid-run validation and checkpoints; the leaderboard's
 timer is `wallclock_seconds`, the steps alone, first included: pgolf resets no warm-up steps),
-hessians (GPTQ Hessians on the training ranks); calibrate: hessians; quantize: solve; pack:
-compress; eval: precompute (validation stream, artifact decoded), scoring (the method with pgolf's
+hessians (GPTQ Hessians on the training ranks); calibrate: hessians (none when it reuses the
+training ranks' Hessians); quantize: solve; pack: compress; audit: checks, fingerprints; eval: precompute (validation stream, artifact decoded), scoring (the method with pgolf's
 legality check), gap (the float checkpoint, for the quantization gap).
 
 The readings (`readings`), as the leaderboard took them (CHALLENGE.md; issue 16: records differed

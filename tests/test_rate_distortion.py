@@ -277,7 +277,7 @@ def test_the_stage_without_a_target_quantizes_as_before(stage_inputs, tmp_path):
     checkpoint, calibrate = stage_inputs
     quantize_stage(PARAMS, checkpoint, calibrate, tmp_path / "q", tmp_path / "m.json")
     metrics = read_json(tmp_path / "m.json")
-    assert list(metrics) == ["method", "tensors_quantized", "tensors_passthrough", "groups", "tensors"]
+    assert list(metrics) == ["method", "tensors_quantized", "tensors_passthrough", "groups", "tensors", "provenance"]
     stored = load_quantized(tmp_path / "q")
     assert {n: qt.bits for n, qt in stored.quantized.items() if ".mlp." in n} == {n: 5 for n in stored.quantized if ".mlp." in n}
 

@@ -30,6 +30,6 @@ def add_submission_command(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--method", help="evaluation method the record claims (default: the lowest mean val_bpb)")
     export.add_argument("--author", default="", help="submission.json author")
     export.add_argument("--github-id", default="", help="submission.json github_id")
-    export.add_argument("--hardware", help="submission.json hardware (default: the run's nproc and device)")
+    export.add_argument("--hardware", help="submission.json hardware (default: the device kind and count in the run's provenance)")
     export.add_argument("--force", action="store_true", help="replace an existing folder")
     export.set_defaults(func=_export)
