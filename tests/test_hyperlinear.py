@@ -24,6 +24,7 @@ from pgolf.model.hyperlinear import FACTOR_VARIANCE, HyperLinear, HyperNetwork
 from pgolf.model.linears import BLOCK_LINEARS, ROLES, LinearFactory, LinearSpec
 from pgolf.quant.apply import quantize_state
 from pgolf.quant.hessian import collect_hessians
+from train_helpers import assert_compiled_matches_eager
 
 torch.set_num_threads(1)
 VOCAB = 50
@@ -176,15 +177,7 @@ def test_generated_matrices_start_with_the_dense_entry_variance() -> None:
 
 def test_hyper_model_compiles_without_graph_breaks_and_matches_eager() -> None:
     model = randomize(tiny())
-    twin = copy.deepcopy(model)
-    compiled = torch.compile(twin, backend="eager", fullgraph=True)
-    idx = torch.randint(0, VOCAB, (2, 12))
-    loss, loss_c = model.loss(idx, idx), compiled.loss(idx, idx)
-    assert torch.allclose(loss, loss_c, rtol=1e-6)
-    loss.backward()
-    loss_c.backward()
-    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
+    assert_compiled_matches_eager(model, torch.randint(0, VOCAB, (2, 12)))
 
 
 def test_hyper_model_runs_under_bf16_autocast() -> None:

@@ -3,7 +3,6 @@ quantization-aware TernaryLinear (exact forward, straight-through gradient, dens
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from eval_helpers import VOCAB, random_stream
+from train_helpers import assert_compiled_matches_eager
 from hypothesis.extra.numpy import arrays
 
 from pgolf.config.model import ModelParams
@@ -150,15 +150,7 @@ def test_ternary_model_compiles_without_graph_breaks_and_matches_eager() -> None
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    twin = copy.deepcopy(model)
-    compiled = torch.compile(twin, backend="eager", fullgraph=True)
-    idx = torch.randint(0, VOCAB, (2, 12))
-    loss, loss_c = model.loss(idx, idx), compiled.loss(idx, idx)
-    assert torch.allclose(loss, loss_c, rtol=1e-6)
-    loss.backward()
-    loss_c.backward()
-    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
+    assert_compiled_matches_eager(model, torch.randint(0, VOCAB, (2, 12)))
 
 
 def test_gptq_calibration_hooks_every_ternary_matrix() -> None:

@@ -49,3 +49,19 @@ def tiny_params(tmp: Path, **overrides: Any) -> TrainParams:
     )
     base.update(overrides)
     return TrainParams.model_validate(base)
+
+
+def assert_compiled_matches_eager(model: "torch.nn.Module", idx: "torch.Tensor") -> None:
+    """`model` compiled whole (fullgraph: no graph breaks) gives eager's loss and gradients."""
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(twin, backend="eager", fullgraph=True)
+    loss, loss_c = model.loss(idx, idx), compiled.loss(idx, idx)
+    assert torch.allclose(loss, loss_c, rtol=1e-6)
+    loss.backward()
+    loss_c.backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
