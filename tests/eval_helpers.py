@@ -101,3 +101,18 @@ def make_workspace(root: Path) -> dict:
         "tokens": tokens,
         "val_bytes": int(stream_bytes(byte_table(sp), tokens).sum()),  # the audit's val_bytes
     }
+
+
+def assert_ttt_adapts_only_when_it_should(model, stream, adapter: str) -> None:
+    """TTT on `model` with `adapter` (lora | sgd): lr 0 is the frozen score bit for bit; adapting changes it."""
+    import numpy as np
+
+    from pgolf.config.eval import EvalTTTParams
+    from pgolf.eval.ttt import run_ttt
+
+    base = {"chunk_tokens": 8, "window": 16, "batch_docs": 1 if adapter == "sgd" else 3, "steps": 2, "lora_rank": 2,
+            "lora_targets": r"c_q|c_v", "adapter": adapter}
+    frozen = run_ttt(model, stream, EvalTTTParams(**base, lr=0.05), adapt=False)
+    assert np.array_equal(frozen.nll, run_ttt(model, stream, EvalTTTParams(**base, lr=0.0)).nll, equal_nan=True)
+    adapted = run_ttt(model, stream, EvalTTTParams(**base, lr=0.05))
+    assert not np.array_equal(frozen.nll, adapted.nll, equal_nan=True)

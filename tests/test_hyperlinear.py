@@ -280,17 +280,8 @@ def test_the_hypernetwork_trains_in_its_own_adam_group_at_its_own_lr() -> None:
 def test_a_hyper_model_evaluates_with_ttt(adapter: str) -> None:
     """LoRA adapts the generated block matrices (HyperLinear) as it adapts dense ones: lr 0 is the
     frozen score bit for bit, adapting changes it."""
-    import numpy as np
-
-    from eval_helpers import random_stream
-    from pgolf.config.eval import EvalTTTParams
-    from pgolf.eval.ttt import run_ttt
+    from eval_helpers import assert_ttt_adapts_only_when_it_should, random_stream
 
     model = randomize(tiny()).eval()
     stream = random_stream([40, 9, 27, 3], seed=10, vocab=TINY["vocab_size"])
-    base = {"chunk_tokens": 8, "window": 16, "batch_docs": 1 if adapter == "sgd" else 3, "steps": 2, "lora_rank": 2,
-            "lora_targets": r"c_q|c_v", "adapter": adapter}
-    frozen = run_ttt(model, stream, EvalTTTParams(**base, lr=0.05), adapt=False)
-    assert np.array_equal(frozen.nll, run_ttt(model, stream, EvalTTTParams(**base, lr=0.0)).nll, equal_nan=True)
-    adapted = run_ttt(model, stream, EvalTTTParams(**base, lr=0.05))
-    assert not np.array_equal(frozen.nll, adapted.nll, equal_nan=True)
+    assert_ttt_adapts_only_when_it_should(model, stream, adapter)

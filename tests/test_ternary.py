@@ -184,8 +184,7 @@ def test_a_reloaded_ternary_state_computes_the_trained_forward() -> None:
 
 @pytest.mark.parametrize("adapter", ["lora", "sgd"])
 def test_a_ternary_model_evaluates_with_ttt(adapter: str) -> None:
-    from pgolf.config.eval import EvalTTTParams
-    from pgolf.eval.ttt import run_ttt
+    from eval_helpers import assert_ttt_adapts_only_when_it_should
 
     torch.manual_seed(0)
     model = GPT(ModelParams(**TINY, block_linear="ternary", ternary_group=8)).eval()
@@ -193,9 +192,4 @@ def test_a_ternary_model_evaluates_with_ttt(adapter: str) -> None:
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     stream = random_stream([40, 9, 27, 3], seed=10)
-    base = {"chunk_tokens": 8, "window": 16, "batch_docs": 1 if adapter == "sgd" else 3, "steps": 2, "lora_rank": 2,
-            "lora_targets": r"c_q|c_v", "adapter": adapter}
-    frozen = run_ttt(model, stream, EvalTTTParams(**base, lr=0.05), adapt=False)
-    assert np.array_equal(frozen.nll, run_ttt(model, stream, EvalTTTParams(**base, lr=0.0)).nll, equal_nan=True)
-    adapted = run_ttt(model, stream, EvalTTTParams(**base, lr=0.05))
-    assert not np.array_equal(frozen.nll, adapted.nll, equal_nan=True)
+    assert_ttt_adapts_only_when_it_should(model, stream, adapter)
