@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 from pgolf.config.quantize import GroupQuant, QuantizeParams
 from pgolf.model import build_model
 from pgolf.model.layers import CastedLinear
-from pgolf.model.ternary import ternarize, ternary_weight
+from pgolf.model.ternary import BLOCK_MATRIX, ternarize, ternary_group, ternary_weight
 from pgolf.quant.apply import quantize_state, quantize_tensor
 from pgolf.quant.gptq import gptq
 from pgolf.quant.grids import GRIDS
 from pgolf.quant.rtn import levels_for, rtn, std_scale, qmax_for_bits
-from pgolf.quant.ternary import BLOCK_MATRIX, ternary_group
 
 torch.set_num_threads(1)
 TINY = dict(vocab_size=50, layers=2, width=32, heads=4, kv_heads=2)

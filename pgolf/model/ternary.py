@@ -8,6 +8,8 @@ The one definition of the rounding: quantization-aware training uses it in the f
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,3 +56,15 @@ def ternary_latent(trits: Tensor, scales: Tensor, group: int) -> Tensor:
     t = trits.float()
     density = group_scales(t, group)  # mean |trit| of each group (EPS for an all-zero group, whose trits stay 0)
     return t * expand_scales(scales.float() / density, group, t.size(1))
+
+
+TERNARY_KIND = "ternary"  # the train.model.block_linear value whose block matrices are ternary
+# The state-dict names of a block's six matrices (pgolf.model.attention / pgolf.model.mlp).
+BLOCK_MATRIX = re.compile(r"(^|\.)(attn\.(c_q|c_k|c_v|proj)|mlp\.(fc|proj))\.weight$")
+
+
+def ternary_group(model_config: dict, name: str) -> int | None:
+    """The scale group of weight `name` if the model computes with it ternarized, else None."""
+    if model_config.get("block_linear") != TERNARY_KIND or not BLOCK_MATRIX.search(name):
+        return None
+    return int(model_config.get("ternary_group", 128))

@@ -22,8 +22,7 @@ from pgolf.pack.transforms import SYMBOL_TRANSFORMS
 from pgolf.pack.modelconfig import expand_model_config
 from pgolf.model import build_model
 from pgolf.quant.grids import GRIDS
-from pgolf.model.ternary import ternary_latent
-from pgolf.quant.ternary import ternary_group
+from pgolf.model.ternary import ternary_group, ternary_latent
 from pgolf.quant.scheme import QuantizedTensor
 
 TORCH_DTYPES = {

@@ -9,24 +9,11 @@ other matrices (embedding, other) take the standard path (see `pgolf.quant.metho
 
 from __future__ import annotations
 
-import re
-
 from torch import Tensor
 
-from pgolf.model.ternary import ternarize
+from pgolf.model.ternary import ternarize, ternary_group
 from pgolf.quant.rtn import as_fp16_scale
 from pgolf.quant.scheme import QuantizedTensor
-
-TERNARY_KIND = "ternary"  # the train.model.block_linear value whose block matrices are ternary
-# The state-dict names of a block's six matrices (pgolf.model.attention / pgolf.model.mlp).
-BLOCK_MATRIX = re.compile(r"(^|\.)(attn\.(c_q|c_k|c_v|proj)|mlp\.(fc|proj))\.weight$")
-
-
-def ternary_group(model_config: dict, name: str) -> int | None:
-    """The scale group of weight `name` if the model computes with it ternarized, else None."""
-    if model_config.get("block_linear") != TERNARY_KIND or not BLOCK_MATRIX.search(name):
-        return None
-    return int(model_config.get("ternary_group", 128))
 
 
 def ternary_tensor(name: str, group: str, w: Tensor, model_config: dict, dtype: str) -> QuantizedTensor | None:
