@@ -269,6 +269,31 @@ def sum_in_place(flat: torch.Tensor, info: DistInfo) -> None:
         tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
 
 
+def gather_scores(values: "np.ndarray", info: DistInfo) -> "np.ndarray":
+    """Merge per-position float64 scores that each rank wrote to a disjoint share (NaN elsewhere).
+
+    Each position must be written by at most one rank; the merge is then exact (x + 0 = x): the
+    result equals one process scoring everything, bit for bit. Positions no rank wrote stay NaN.
+    Raises if two ranks wrote the same position. A single process gets its input back."""
+    import numpy as np
+
+    if not info.distributed:
+        return values
+    import torch
+    import torch.distributed as tdist
+
+    written = torch.from_numpy((~np.isnan(values)).astype(np.int64))
+    merged = torch.from_numpy(np.nan_to_num(values, nan=0.0).astype(np.float64))
+    tdist.all_reduce(written, op=tdist.ReduceOp.SUM)
+    tdist.all_reduce(merged, op=tdist.ReduceOp.SUM)
+    counts = written.numpy()
+    if (counts > 1).any():
+        raise RuntimeError(f"{int((counts > 1).sum())} positions were scored by more than one rank")
+    out = merged.numpy()
+    out[counts == 0] = np.nan
+    return out
+
+
 def max_over_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Element-wise max over ranks: every rank agrees on stop flags and the elapsed time."""
     out = values.clone()

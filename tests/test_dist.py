@@ -137,3 +137,35 @@ def test_rendezvous_options_one_machine_or_static_rendezvous_at_node_0():
                          ({"rdzv_endpoint": "nohost"}, "host:port"), ({"nnodes": 3, "rdzv_endpoint": "h:1", "grad_accum_steps": 2}, "nproc \\* nnodes")):
         with pytest.raises(ValueError, match=message):
             TrainParams.model_validate(bad)
+
+
+def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
+    import numpy as np
+
+    from pgolf.dist import gather_scores, join_group, shutdown
+
+    info = join_group(rank, world, rank, "cpu", init)
+    values = np.full(7, np.nan)
+    values[rank::world] = np.arange(7, dtype=np.float64)[rank::world] * 0.1 + 1e-17
+    merged = gather_scores(values, info)
+    np.save(f"{out}/{rank}.npy", merged)
+    shutdown(info)
+
+
+def test_gather_scores_merges_disjoint_shares_exactly_across_gloo_ranks(tmp_path):
+    import numpy as np
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_worker, args=(2, f"file://{tmp_path}/init", str(tmp_path)), nprocs=2)
+    expected = np.arange(7, dtype=np.float64) * 0.1 + 1e-17
+    for rank in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / f"{rank}.npy"), expected)
+
+
+def test_gather_scores_single_process_returns_its_input():
+    import numpy as np
+
+    from pgolf.dist import DistInfo, gather_scores
+
+    values = np.array([1.0, np.nan])
+    assert gather_scores(values, DistInfo(0, 1, 0, None, None)) is values
