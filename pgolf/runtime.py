@@ -14,7 +14,9 @@ from torch import nn
 
 from pgolf.bytetable import byte_table, load_processor, load_sidecar, tokenizer_sha256
 from pgolf.data.shards import SHARDS_MANIFEST, list_shards, load_tokens
+from pgolf.dist import DistInfo
 from pgolf.errors import ArtifactError, DataError
+from pgolf.eval.accel import precision_context
 from pgolf.eval.bpb import ValStream, stream_from_sidecar, stream_from_tokens
 from pgolf.eval.methods import METHODS, MethodOutcome
 from pgolf.io import read_json
@@ -70,8 +72,17 @@ def load_artifact_model(path: str | Path, tokenizer_model: str | Path | None = N
     return model_from_artifact(artifact, path).to(device or default_device()).eval()
 
 
-def evaluate_artifact(method: str, model: nn.Module, stream: ValStream, params: Any) -> MethodOutcome:
-    """Score `model` on `stream` by the named method of the registry."""
+def evaluate_artifact(method: str, model: nn.Module, stream: ValStream, params: Any, info: DistInfo | None = None) -> MethodOutcome:
+    """Score `model` on `stream` by the named method of the registry, in the precision its params ask
+    for (`params.precision`: the whole method runs in that context); under ranks (`info`) each rank
+    scores a share and every rank gets the merged outcome."""
     if method not in METHODS:
         raise DataError(f"unknown evaluation method {method!r} (known: {', '.join(METHODS)})")
-    return METHODS[method].evaluate(model, stream, params)
+    entry = METHODS[method]
+    distributed = info is not None and info.distributed
+    if distributed and not entry.ranked:
+        raise DataError(f"evaluation method {method!r} does not split over ranks: run it with nproc 1")
+    with precision_context(params.precision, next(model.parameters()).device):
+        if distributed:
+            return entry.evaluate(model, stream, params, info)
+        return entry.evaluate(model, stream, params)

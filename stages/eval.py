@@ -2,14 +2,17 @@
 evaluation method of `pgolf.eval.methods.METHODS`, its params the section `eval_<method>`.
 
 Loads the model from the artifact (dequantized), never from the checkpoint; the checkpoint is
-scored the same way only for `quantization_gap`. Writes metrics/eval_<method>.json.
+scored the same way only for `quantization_gap`. Writes metrics/eval_<method>.json. With
+eval_<method>.nproc > 1 the script launches torchrun as a supervised child (each worker runs this
+script and scores a share; rank 0 writes) and waits for it, as the train stage does.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from pgolf.eval.methods import METHODS, stage_methods
-from pgolf.eval.run import eval_stage
+from pgolf.eval.run import run_eval_stage
 from pgolf.stage import run_stage
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -25,4 +28,5 @@ args = parser.parse_args()
 section = f"eval_{args.method}"
 metrics = args.metrics or Path(f"metrics/{section}.json")
 run_stage({section: METHODS[args.method].params},
-          lambda p: eval_stage(args.method, p, args.artifact, args.shards, args.tokenizer, args.checkpoint, metrics), args.params)
+          lambda p: run_eval_stage(args.method, p, args.artifact, args.shards, args.tokenizer, args.checkpoint, metrics, sys.argv),
+          args.params)

@@ -15,7 +15,17 @@ from pydantic import Field, field_validator, model_validator
 from pgolf.config.base import Section
 
 
-class LegalityParams(Section):
+class EvalSpeedParams(Section):
+    """How fast an evaluation runs, shared by every method (pgolf/eval/accel.py): precision, compile,
+    ranks, and whether the float checkpoint is rescored for the quantization gap. None changes what is scored."""
+
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16: the method runs under bf16 autocast (log-softmax and NLL stay float32/float64); fp32: the reference; auto: bf16 on CUDA, fp32 on CPU (records: bf16)")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="on: the window scorer's forward is torch.compile'd at fixed shapes (batches padded to batch_size rows, widths to a few buckets); auto: on CUDA only (records: compiled)")
+    nproc: int = Field(1, ge=1, le=64, description="processes (GPUs) the stage runs on under torchrun; each scores a disjoint share and the scores are merged exactly (records: 8)")
+    gap: Literal["rescore", "off"] = Field("rescore", description="rescore: score the float checkpoint the same way for quantization_gap (a second full pass); off: skip it (quantization_gap null)")
+
+
+class LegalityParams(EvalSpeedParams):
     """The legality probe's settings shared by the window-scored methods (pgolf/eval/legality.py)."""
 
     legality_tokens: int = Field(4096, ge=16, le=1_000_000, description="the legality check reruns the method on the first N validation tokens (several documents)")
@@ -45,7 +55,7 @@ class EvalSlidingParams(LegalityParams):
         return self
 
 
-class EvalTTTParams(Section):
+class EvalTTTParams(EvalSpeedParams):
     """`eval_ttt`: score-first test-time training over document chunks, with a legality check."""
 
     adapter: Literal["lora", "sgd"] = Field("lora", description="lora: a LoRA per document lane on the linear layers; sgd: plain SGD on every weight of the model")

@@ -7,6 +7,9 @@ on; `gap_score` scores the float checkpoint the same way. Adding a method is one
 `evaluate` plus its params section and one entry here (the stage is dvc.yaml's `eval` foreach).
 Every method runs the legality check C1-C4 (`pgolf.eval.legality`) on a prefix before its real
 run and C3/C4 over its real run; a failure raises LegalityError, and the report is `extra["legality"]`.
+A method that splits over ranks (`ranked`) also takes a `pgolf.dist.DistInfo`: each rank scores its
+share, every rank returns the merged outcome. `MethodOutcome.phases` times the parts of a method's
+call that are not its timed scoring pass (pgolf.eval.run's timing ledger).
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from torch import nn
 
 from pgolf.config.base import Section
 from pgolf.config.eval import EvalPlainParams, EvalSlidingParams, EvalTiltParams, EvalTTTParams
+from pgolf.dist import DistInfo
+from pgolf.eval.accel import WindowForward, summed, timed
 from pgolf.eval.bpb import EvalResult, ValStream
 from pgolf.eval.legality import (LegalityReport, ProbeRun, ScoreLog, check_legality, require_legal, sample_positions,
                                  with_full_stream)
-from pgolf.eval.plain import evaluate_plain, plain_windows
-from pgolf.eval.sliding import evaluate_sliding, segments, sliding_windows
+from pgolf.eval.plain import evaluate_plain, plain_forward, plain_windows
+from pgolf.eval.sliding import evaluate_sliding, segments, sliding_forward, sliding_windows
 from pgolf.eval.tilt import evaluate_tilt, tilt_probe
 from pgolf.eval.ttt import TTTRunner, document_chunks, make_adapter, run_ttt
 from pgolf.eval.windows import Window, evaluate_windows, run_windows
@@ -40,6 +45,9 @@ class MethodOutcome:
     result: EvalResult  # the method's val_bpb, val_loss, scored tokens and bytes
     gap_bpb: float  # the bpb that the quantization gap compares with the checkpoint's
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific metrics
+    # seconds of the call's parts other than its timed scoring pass: "legality" (the probe, less its
+    # compilation), "compile_warmup" (first compiled calls), "precompute" (the method's own, e.g. hints)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class EvalMethod:
     description: str
     gap_metric: str = "val_bpb"  # the metrics key holding `MethodOutcome.gap_bpb` (report rows)
     gap_label: str = ""  # how report rows name that score when it is not val_bpb
+    ranked: bool = False  # evaluate and gap_score take a DistInfo as 4th argument: each rank scores a share
 
 
 def vocab_of(model: nn.Module, stream: ValStream) -> int:
@@ -63,7 +72,7 @@ def spans_of(windows: list[Window]) -> list[tuple[int, int]]:
 
 
 def window_probe(model: nn.Module, windows_of: Callable[[ValStream], list[Window]], batch_size: int, samples: int,
-                 vocab_size: int, seed: int = LEGALITY_SEED) -> Callable[[ValStream], ProbeRun]:
+                 vocab_size: int, seed: int = LEGALITY_SEED, forward: WindowForward | None = None) -> Callable[[ValStream], ProbeRun]:
     """The legality check's run of a window method: log p of a seeded random id at every position (C1's
     fingerprint of the distribution at t), softmaxes materialized at sampled positions (C2), counts (C4)."""
 
@@ -71,40 +80,50 @@ def window_probe(model: nn.Module, windows_of: Callable[[ValStream], list[Window
         rng = np.random.default_rng(seed)  # the same probe ids in every run
         probe = rng.integers(0, vocab_size, size=(stream.num_tokens, 1))
         score_log = ScoreLog(stream.num_tokens, sample_positions(stream.num_tokens, samples, rng))
-        scores = run_windows(model, stream, windows_of(stream), batch_size, probe, score_log)
+        scores = run_windows(model, stream, windows_of(stream), batch_size, probe, score_log, forward)
         return score_log.probe_run(scores.nll, 0, scores.gathered[:, 0])
 
     return run
 
 
 def windows_legality(model: nn.Module, stream: ValStream, params: EvalPlainParams | EvalSlidingParams,
-                     windows_of: Callable[[ValStream], list[Window]], name: str) -> LegalityReport:
-    """C1-C4 of a window method on the first params.legality_tokens tokens; LegalityError when one fails."""
+                     windows_of: Callable[[ValStream], list[Window]], name: str,
+                     forward: WindowForward | None = None) -> LegalityReport:
+    """C1-C4 of a window method on the first params.legality_tokens tokens; LegalityError when one fails.
+    Under ranks every rank runs it whole (a small prefix): all ranks pass or fail together."""
     prefix = stream.prefix(params.legality_tokens)
-    run = window_probe(model, windows_of, params.batch_size, params.legality_samples, vocab_of(model, stream))
+    run = window_probe(model, windows_of, params.batch_size, params.legality_samples, vocab_of(model, stream), LEGALITY_SEED, forward)
     report = check_legality(run, prefix, vocab_of(model, stream), params.legality_cuts, LEGALITY_SEED, name, spans_of(windows_of(prefix)))
     require_legal(report)
     return report
 
 
 def _windows_method(model: nn.Module, stream: ValStream, params: EvalPlainParams | EvalSlidingParams,
-                    windows_of: Callable[[ValStream], list[Window]], name: str) -> MethodOutcome:
-    """Legality check first (fails fast), then the real run, whose scored positions are counted (full-stream C4)."""
-    report = windows_legality(model, stream, params, windows_of, name)
+                    windows_of: Callable[[ValStream], list[Window]], name: str, forward: WindowForward,
+                    info: DistInfo | None) -> MethodOutcome:
+    """Legality check first (fails fast), then the real run (this rank's share), whose scored positions
+    are counted over all ranks (full-stream C4). One forward (compiled once) serves both."""
+    phases: dict[str, float] = {}
+    with timed(phases, "legality", forward):
+        report = windows_legality(model, stream, params, windows_of, name, forward)
     windows = windows_of(stream)
     log.info("%s windows: %d", name, len(windows))
     counter = ScoreLog(stream.num_tokens, np.zeros(0, dtype=np.int64))
-    result = evaluate_windows(model, stream, windows, params.batch_size, counter)[0]
-    legality = require_legal(with_full_stream(report, stream, counter.counts, 0))
-    return MethodOutcome(result, result.val_bpb, {"legality": legality})
+    with timed(phases, "scoring", forward):
+        result = evaluate_windows(model, stream, windows, params.batch_size, counter, forward, info)[0]
+    legality = require_legal(with_full_stream(report, stream, summed(counter.counts, info), 0))
+    del phases["scoring"]  # the rest of the call: what the stage times as scoring
+    return MethodOutcome(result, result.val_bpb, {"legality": legality}, phases)
 
 
-def _plain(model: nn.Module, stream: ValStream, params: EvalPlainParams) -> MethodOutcome:
-    return _windows_method(model, stream, params, lambda s: plain_windows(s, params.seq_len), "plain")
+def _plain(model: nn.Module, stream: ValStream, params: EvalPlainParams, info: DistInfo | None = None) -> MethodOutcome:
+    return _windows_method(model, stream, params, lambda s: plain_windows(s, params.seq_len), "plain",
+                           plain_forward(model, params), info)
 
 
-def _sliding(model: nn.Module, stream: ValStream, params: EvalSlidingParams) -> MethodOutcome:
-    return _windows_method(model, stream, params, lambda s: sliding_windows(s, params.window, params.stride, params.doc_bounded), "sliding")
+def _sliding(model: nn.Module, stream: ValStream, params: EvalSlidingParams, info: DistInfo | None = None) -> MethodOutcome:
+    return _windows_method(model, stream, params, lambda s: sliding_windows(s, params.window, params.stride, params.doc_bounded),
+                           "sliding", sliding_forward(model, params), info)
 
 
 def ttt_probe(model: nn.Module, params: EvalTTTParams, runner: type[TTTRunner] = TTTRunner) -> Callable[[ValStream], ProbeRun]:
@@ -147,14 +166,22 @@ def _ttt(model: nn.Module, stream: ValStream, params: EvalTTTParams) -> MethodOu
     return MethodOutcome(adapted.result, frozen.val_bpb, extra)
 
 
-def _tilt(model: nn.Module, stream: ValStream, params: EvalTiltParams) -> MethodOutcome:
-    """Legality check first (fails fast), then one pass: n-gram hints, sliding scores, the tilt."""
+def _tilt(model: nn.Module, stream: ValStream, params: EvalTiltParams, info: DistInfo | None = None) -> MethodOutcome:
+    """Legality check first (fails fast; every rank runs it whole), then one pass: n-gram hints (whole
+    stream, every rank), sliding scores (this rank's share, merged), the tilt; the no-tilt baseline
+    comes from the same forward pass."""
     prefix = stream.prefix(params.legality_tokens)
-    run = tilt_probe(model, params, vocab_of(model, stream), LEGALITY_SEED)
-    windows = sliding_windows(prefix, params.window, params.stride, params.doc_bounded)
-    report = check_legality(run, prefix, vocab_of(model, stream), params.legality_cuts, LEGALITY_SEED, "tilt", spans_of(windows))
-    require_legal(report)
-    out = evaluate_tilt(model, stream, params)
+    forward = sliding_forward(model, params)
+    phases: dict[str, float] = {}
+    with timed(phases, "legality", forward):
+        run = tilt_probe(model, params, vocab_of(model, stream), LEGALITY_SEED, forward=forward)
+        windows = sliding_windows(prefix, params.window, params.stride, params.doc_bounded)
+        report = check_legality(run, prefix, vocab_of(model, stream), params.legality_cuts, LEGALITY_SEED, "tilt", spans_of(windows))
+        require_legal(report)
+    with timed(phases, "scoring", forward):
+        out = evaluate_tilt(model, stream, params, info, forward)
+    del phases["scoring"]
+    phases["precompute"] = out.hint_seconds
     extra = {
         "val_bpb_no_tilt": out.sliding.val_bpb,
         "val_loss_no_tilt": out.sliding.val_loss,
@@ -163,18 +190,18 @@ def _tilt(model: nn.Module, stream: ValStream, params: EvalTiltParams) -> Method
         "tilt_hits": out.hits,
         "legality": require_legal(with_full_stream(report, stream, out.score_counts, out.early_count_updates)),
     }
-    return MethodOutcome(out.result, out.result.val_bpb, extra)
+    return MethodOutcome(out.result, out.result.val_bpb, extra, phases)
 
 
 METHODS: dict[str, EvalMethod] = {
-    "plain": EvalMethod(EvalPlainParams, _plain, lambda m, s, p: evaluate_plain(m, s, p)[0].val_bpb, False,
-                        "non-overlapping windows of seq_len"),
-    "sliding": EvalMethod(EvalSlidingParams, _sliding, lambda m, s, p: evaluate_sliding(m, s, p)[0].val_bpb, True,
-                          "windows of `window` tokens every `stride`; each later window scores its last `stride`"),
+    "plain": EvalMethod(EvalPlainParams, _plain, lambda m, s, p, info=None: evaluate_plain(m, s, p, info)[0].val_bpb, False,
+                        "non-overlapping windows of seq_len", ranked=True),
+    "sliding": EvalMethod(EvalSlidingParams, _sliding, lambda m, s, p, info=None: evaluate_sliding(m, s, p, info)[0].val_bpb, True,
+                          "windows of `window` tokens every `stride`; each later window scores its last `stride`", ranked=True),
     "ttt": EvalMethod(EvalTTTParams, _ttt, lambda m, s, p: run_ttt(m, s, p, adapt=False).result.val_bpb, True,
                       "score-first test-time training", "val_bpb_no_ttt", "no TTT"),
-    "tilt": EvalMethod(EvalTiltParams, _tilt, lambda m, s, p: evaluate_tilt(m, s, p).result.val_bpb, True,
-                       "sliding windows tilted towards a causal n-gram hint (closed-form renormalized)"),
+    "tilt": EvalMethod(EvalTiltParams, _tilt, lambda m, s, p, info=None: evaluate_tilt(m, s, p, info).result.val_bpb, True,
+                       "sliding windows tilted towards a causal n-gram hint (closed-form renormalized)", ranked=True),
 }
 
 

@@ -8,6 +8,8 @@ import numpy as np
 from torch import nn
 
 from pgolf.config.eval import EvalPlainParams
+from pgolf.dist import DistInfo
+from pgolf.eval.accel import WindowForward, window_forward
 from pgolf.eval.bpb import EvalResult, ValStream
 from pgolf.eval.windows import Window, evaluate_windows
 
@@ -20,8 +22,13 @@ def plain_windows(stream: ValStream, seq_len: int) -> list[Window]:
     return [Window(s, min(s + seq_len, last), s + 1) for s in range(0, last, seq_len)]
 
 
-def evaluate_plain(model: nn.Module, stream: ValStream, params: EvalPlainParams) -> tuple[EvalResult, np.ndarray]:
-    """Each window scores all its targets; the result and the per-position NLL array."""
+def plain_forward(model: nn.Module, params: EvalPlainParams) -> WindowForward:
+    return window_forward(model, params.compile, params.batch_size, params.seq_len)
+
+
+def evaluate_plain(model: nn.Module, stream: ValStream, params: EvalPlainParams, info: DistInfo | None = None,
+                   forward: WindowForward | None = None) -> tuple[EvalResult, np.ndarray]:
+    """Each window scores all its targets; the result and the per-position NLL array (this rank's share, merged)."""
     windows = plain_windows(stream, params.seq_len)
     log.info("windows: %d (seq_len %d)", len(windows), params.seq_len)
-    return evaluate_windows(model, stream, windows, params.batch_size)
+    return evaluate_windows(model, stream, windows, params.batch_size, forward=forward or plain_forward(model, params), info=info)

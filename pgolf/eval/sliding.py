@@ -15,6 +15,8 @@ import numpy as np
 from torch import nn
 
 from pgolf.config.eval import EvalSlidingParams
+from pgolf.dist import DistInfo
+from pgolf.eval.accel import WindowForward, window_forward
 from pgolf.eval.bpb import EvalResult, ValStream
 from pgolf.eval.windows import Window, evaluate_windows
 
@@ -55,8 +57,13 @@ def sliding_windows(stream: ValStream, window: int, stride: int, doc_bounded: bo
     return [w for b, e in segments(stream, doc_bounded) for w in segment_windows(b, e, window, stride)]
 
 
-def evaluate_sliding(model: nn.Module, stream: ValStream, params: EvalSlidingParams) -> tuple[EvalResult, np.ndarray]:
-    """Score the stream with sliding windows; the result and the per-position NLL array."""
+def sliding_forward(model: nn.Module, params: EvalSlidingParams) -> WindowForward:
+    return window_forward(model, params.compile, params.batch_size, params.window)
+
+
+def evaluate_sliding(model: nn.Module, stream: ValStream, params: EvalSlidingParams, info: DistInfo | None = None,
+                     forward: WindowForward | None = None) -> tuple[EvalResult, np.ndarray]:
+    """Score the stream with sliding windows; the result and the per-position NLL array (this rank's share, merged)."""
     windows = sliding_windows(stream, params.window, params.stride, params.doc_bounded)
     log.info("windows: %d (window %d, stride %d, doc_bounded %s)", len(windows), params.window, params.stride, params.doc_bounded)
-    return evaluate_windows(model, stream, windows, params.batch_size)
+    return evaluate_windows(model, stream, windows, params.batch_size, forward=forward or sliding_forward(model, params), info=info)

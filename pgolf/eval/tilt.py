@@ -27,9 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from pgolf.config.eval import EvalTiltParams
+from pgolf.dist import DistInfo
+from pgolf.eval.accel import WindowForward, summed
 from pgolf.eval.bpb import EvalResult, ValStream, summarize
 from pgolf.eval.legality import ProbeRun, ScoreLog, sample_positions
-from pgolf.eval.sliding import sliding_windows
+from pgolf.eval.sliding import sliding_forward, sliding_windows
 from pgolf.eval.windows import ScoreObserver, run_windows
 
 log = logging.getLogger(__name__)
@@ -152,11 +154,14 @@ class TiltPass:
 
 
 def tilt_pass(model: nn.Module, stream: ValStream, params: EvalTiltParams, hints: Hints, tilt: Tilt = Tilt(),
-              probe_ids: np.ndarray | None = None, observer: ScoreObserver | None = None) -> TiltPass:
-    """The sliding-window pass gathering log p(h_t) (and log p of `probe_ids`), then the tilt."""
+              probe_ids: np.ndarray | None = None, observer: ScoreObserver | None = None,
+              forward: WindowForward | None = None, info: DistInfo | None = None) -> TiltPass:
+    """The sliding-window pass gathering log p(h_t) (and log p of `probe_ids`), then the tilt: one forward
+    pass gives both the sliding scores (the no-tilt baseline) and the tilted ones. Under ranks each rank
+    scores its share and every rank gets the merged scores; the observer sees this rank's share."""
     ids = hints.token[:, None] if probe_ids is None else np.column_stack([hints.token, probe_ids])
     windows = sliding_windows(stream, params.window, params.stride, params.doc_bounded)
-    scores = run_windows(model, stream, windows, params.batch_size, ids, observer)
+    scores = run_windows(model, stream, windows, params.batch_size, ids, observer, forward or sliding_forward(model, params), info)
     hit = (stream.tokens == hints.token).astype(np.float64)
     return TiltPass(tilt.score(scores.nll, scores.gathered[:, 0], hit, params.beta), scores.nll, scores.gathered)
 
@@ -177,27 +182,31 @@ class TiltOutcome:
     hints: int  # positions whose hint fired
     hits: int  # ... and whose target was the hint
     early_count_updates: int  # C3 over the whole stream
-    score_counts: np.ndarray  # C4 over the whole stream
+    score_counts: np.ndarray  # C4 over the whole stream (summed over ranks)
+    hint_seconds: float = 0.0  # the hints' pass over the tokens, before any scoring
 
 
-def evaluate_tilt(model: nn.Module, stream: ValStream, params: EvalTiltParams) -> TiltOutcome:
-    """Hints from one causal pass over the tokens, then the sliding pass with the tilt."""
+def evaluate_tilt(model: nn.Module, stream: ValStream, params: EvalTiltParams, info: DistInfo | None = None,
+                  forward: WindowForward | None = None) -> TiltOutcome:
+    """Hints from one causal pass over the whole stream (on every rank: cheap numpy), then the sliding pass
+    with the tilt (under ranks, this rank's share of the windows; scores merged)."""
     t0 = time.perf_counter()
     hints = stream_hints(stream, params)
     t1 = time.perf_counter()
     counter = ScoreLog(stream.num_tokens, np.zeros(0, dtype=np.int64))
-    out = tilt_pass(model, stream, params, hints, observer=counter)
+    out = tilt_pass(model, stream, params, hints, observer=counter, forward=forward, info=info)
     seconds = time.perf_counter() - t0
     fired = hints.token >= 0
     hits = int((stream.tokens == hints.token).sum())  # a missing hint (-1) is never a token
     log.info("tilt: hints %.1f s, scoring %.1f s; %d hints fired (%.2f%% of targets), %d hit",
              t1 - t0, seconds - (t1 - t0), int(fired.sum()), 100 * fired.mean(), hits)
     return TiltOutcome(summarize(stream, out.tilted, seconds), summarize(stream, out.nll, seconds), int(fired.sum()),
-                       hits, early_count_updates(hints), counter.counts)
+                       hits, early_count_updates(hints), summed(counter.counts, info), t1 - t0)
 
 
 def tilt_probe(model: nn.Module, params: EvalTiltParams, vocab_size: int, seed: int,
-               hints_of: Callable[[ValStream], Hints] | None = None, tilt: Tilt = Tilt()) -> Callable[[ValStream], ProbeRun]:
+               hints_of: Callable[[ValStream], Hints] | None = None, tilt: Tilt = Tilt(),
+               forward: WindowForward | None = None) -> Callable[[ValStream], ProbeRun]:
     """The legality check's run of the tilt: every position's distribution fingerprinted by its hint and the
     tilted log p of a seeded random id (C1), tilted distributions materialized at sampled positions, half
     of them hinted (C2), the counts' instrumentation (C3), every scored position counted (C4)."""
@@ -210,7 +219,7 @@ def tilt_probe(model: nn.Module, params: EvalTiltParams, vocab_size: int, seed: 
         sample = sample_positions(stream.num_tokens, params.legality_samples, rng, np.flatnonzero(hints.token >= 0))
         score_log = ScoreLog(stream.num_tokens, sample, lambda pos, logits: tilt.log_probs(
             torch.log_softmax(logits.float(), dim=-1), torch.from_numpy(hints.token[pos]).to(logits.device), params.beta))
-        out = tilt_pass(model, stream, params, hints, tilt, probe, score_log)
+        out = tilt_pass(model, stream, params, hints, tilt, probe, score_log, forward)
         probe_hit = (probe == hints.token).astype(np.float64)
         probe_logp = -tilt.score(-out.gathered[:, 1], out.gathered[:, 0], probe_hit, params.beta)
         context = np.column_stack([hints.token.astype(np.float64), probe_logp])
