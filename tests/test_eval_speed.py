@@ -4,12 +4,16 @@ padding, the vectorized batch layout, ranks (2 gloo processes), the stage's timi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 from eval_helpers import VOCAB, TinyCausalLM, make_workspace, random_stream
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,6 +31,7 @@ from pgolf.model import GPT
 from pgolf.runtime import evaluate_artifact
 
 torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 BF16_BPB_TOLERANCE = 1e-3
 
@@ -220,3 +225,22 @@ def test_the_stage_times_each_phase_and_counts_only_what_the_rules_count(workspa
     assert timing["counted_seconds"] == pytest.approx(phases["precompute"] + phases["scoring"])
     assert (out["quantization_gap"] is None) == (gap == "off")
     assert json.loads(metrics.read_text())["quantization_gap"] == out["quantization_gap"]
+
+
+
+@pytest.mark.slow  # ~12 s: torchrun and two workers importing torch on a 2-core machine
+def test_the_stage_with_nproc_2_runs_two_torchrun_ranks_and_rank_0_writes_the_same_scores(workspace, tmp_path):
+    """stages/eval.py with nproc 2 relaunches itself under torchrun (gloo on CPU); rank 0 writes what one process writes."""
+    section = {"window": 64, "stride": 32, "batch_size": 4, "legality_tokens": 200, "gap": "off"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval_sliding": {**section, "nproc": 2}}))
+    ws = [workspace[k] for k in ("artifact", "shards", "tokenizer", "checkpoint")]
+    one = eval_stage("sliding", EvalSlidingParams(**section), *ws, tmp_path / "one" / "eval_sliding.json")
+    metrics = tmp_path / "two" / "eval_sliding.json"
+    args = ["--method", "sliding", "--artifact", ws[0].parent, "--shards", ws[1], "--tokenizer", ws[2], "--checkpoint", ws[3],
+            "--metrics", metrics, "--params", tmp_path / "params.yaml"]
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "eval.py"), *map(str, args)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads(metrics.read_text())
+    assert two.pop("provenance")["device"]["count"] == 2
+    assert two == json.loads(json.dumps(one))
