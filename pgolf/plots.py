@@ -13,6 +13,7 @@ curve with one point (the final val_loss of a short run) is still visible.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections.abc import Iterable
 from importlib import resources
@@ -159,6 +160,49 @@ def write_bpb_png(rows: list[dict], out_png: str | Path) -> Path:
     return _save(bpb_figure(rows), out_png)
 
 
+RD_KEYS = ("method", "bytes_total", "val_bpb_predicted", "val_bpb")
+
+
+def read_rd_curve(path: str | Path) -> list[dict]:
+    """The rate-distortion points of stage `rd` (metrics/plots/rd.json); DataError naming the file when malformed."""
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: rate-distortion curve not found (did the rd stage run?)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(RD_KEYS) <= set(r) for r in rows):
+        raise DataError(f"{path}: expected a list of points with keys {', '.join(RD_KEYS)}")
+    return rows
+
+
+def rd_figure(rows: list[dict], title: str = "rate-distortion: val_bpb vs bytes_total"):
+    """One line per method through its predicted points, measured points as filled diamonds."""
+    fig, ax = _pyplot().subplots(figsize=(7.5, 4.6))
+    if not rows:  # the stage ran with rd.methods: [] (a figure still, so that the output exists)
+        ax.text(0.5, 0.5, "no rate-distortion curve: params rd.methods is empty", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        line = sorted((r for r in rows if r["method"] == method), key=lambda r: r["bytes_total"])
+        color = f"C{i}"
+        ax.plot([r["bytes_total"] for r in line], [r["val_bpb_predicted"] for r in line], color=color, lw=1.3, marker="o", ms=3.5,
+                label=f"{method} (predicted)")
+        real = [r for r in line if r["val_bpb"] is not None]
+        if real:
+            ax.scatter([r["bytes_total"] for r in real], [r["val_bpb"] for r in real], color=color, marker="D", s=40, zorder=3,
+                       label=f"{method} (measured)")
+    ax.set_xlabel("bytes_total (model + code)")
+    ax.set_ylabel("val_bpb, sliding window (lower is better)")
+    ax.xaxis.set_major_formatter(_pyplot().FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def write_bpb_table(rows: list[dict], out_json: str | Path) -> Path:
     """Plot data for `dvc plots`: a list of {method, val_bpb} records."""
     for row in rows:
@@ -168,8 +212,9 @@ def write_bpb_table(rows: list[dict], out_json: str | Path) -> Path:
     return Path(out_json)
 
 
-def write_report(live_dir: str | Path, metrics_dir: str | Path, out_dir: str | Path) -> dict:
-    """The training-curve PNG and the bpb-per-method table from a finished pipeline's outputs."""
+def write_report(live_dir: str | Path, metrics_dir: str | Path, out_dir: str | Path, rd_curve: str | Path | None = None) -> dict:
+    """The training-curve PNG, the bpb-per-method table and, given stage rd's points, the
+    rate-distortion PNG (out_dir/rd.png) from a finished pipeline's outputs."""
     live_dir, metrics_dir, out_dir = Path(live_dir), Path(metrics_dir), Path(out_dir)
     root = live_dir / "plots" / "metrics"
     # Losses first, then the rest; each panel is labelled by its DVCLive name (e.g. "val/loss").
@@ -189,4 +234,9 @@ def write_report(live_dir: str | Path, metrics_dir: str | Path, out_dir: str | P
     log.info("train_curve_png: %s", png)
     log.info("eval_bpb_table: %s", table)
     log.info("eval_bpb_png: %s", bpb_png)
-    return {"train_curve_png": str(png), "eval_bpb_png": str(bpb_png), "eval_bpb": rows}
+    out = {"train_curve_png": str(png), "eval_bpb_png": str(bpb_png), "eval_bpb": rows}
+    if rd_curve is not None:
+        points = read_rd_curve(rd_curve)
+        out["rd_png"] = str(_save(rd_figure(points), out_dir / "rd.png"))
+        log.info("rd_png: %s (%d points)", out["rd_png"], len(points))
+    return out

@@ -129,3 +129,50 @@ def test_vega_template_draws_dots_on_a_zoomed_axis(tmp_path):
     low, high = rendered["domain"]
     assert rendered["symbols"] == len(rows)
     assert low > 0.9 * min(values) and high < 1.1 * max(values), rendered  # not from 0 like a bar chart
+
+
+def _rd_points():
+    return [{"method": "gptq", "bytes_total": 300_000, "val_bpb_predicted": 1.66, "val_bpb": 1.665, "settings": "a"},
+            {"method": "gptq", "bytes_total": 400_000, "val_bpb_predicted": 1.63, "val_bpb": None, "settings": "b"},
+            {"method": "rtn", "bytes_total": 350_000, "val_bpb_predicted": 1.70, "val_bpb": 1.71, "settings": "c"}]
+
+
+def test_report_draws_the_rate_distortion_curve_one_line_per_method(tmp_path):
+    from pgolf.plots import rd_figure
+
+    curve = tmp_path / "rd.json"
+    curve.write_text(json.dumps(_rd_points()))
+    result = write_report(_live(tmp_path), _metrics(tmp_path), tmp_path / "out", curve)
+    assert Path(result["rd_png"]).read_bytes()[:8] == PNG_MAGIC
+    fig = rd_figure(_rd_points())
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["gptq (predicted)", "rtn (predicted)"]
+    assert list(ax.get_lines()[0].get_xdata()) == [300_000, 400_000]  # sorted by bytes
+    assert len(ax.collections) == 2  # the measured points of each line
+    empty = write_report(_live(tmp_path / "e"), _metrics(tmp_path / "e"), tmp_path / "out2", _write(tmp_path / "empty.json", []))
+    assert Path(empty["rd_png"]).read_bytes()[:8] == PNG_MAGIC  # rd.methods: [] still leaves the declared output
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_malformed_rate_distortion_curve_is_named(tmp_path):
+    from pgolf.plots import read_rd_curve
+
+    with pytest.raises(DataError, match="rd.json: rate-distortion curve not found"):
+        read_rd_curve(tmp_path / "rd.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(DataError, match="bad.json: not JSON"):
+        read_rd_curve(tmp_path / "bad.json")
+    with pytest.raises(DataError, match="keys method, bytes_total"):
+        read_rd_curve(_write(tmp_path / "rows.json", [{"method": "gptq"}]))
+
+
+def test_the_rd_template_draws_a_line_per_method_and_revision():
+    spec = json.loads((REPO / "templates" / "rd.json").read_text())
+    line, dots = spec["layer"]
+    assert spec["encoding"]["color"]["field"] == "method"
+    assert line["encoding"]["strokeDash"]["field"] == "rev" and line["encoding"]["y"]["field"] == "<DVC_METRIC_Y>"
+    assert dots["encoding"]["y"]["field"] == "val_bpb" and "isValid(datum.val_bpb)" in dots["transform"][0]["filter"]

@@ -16,6 +16,7 @@ from pgolf.config.eval import EvalSlidingParams, EvalTiltParams, EvalTTTParams
 from pgolf.config.calibrate import CalibrateParams
 from pgolf.config.pack import PackParams
 from pgolf.config.quantize import QuantizeParams
+from pgolf.config.rd import RDParams
 from pgolf.errors import ParamsError
 
 SECTIONS: dict[str, type[Section]] = {
@@ -27,6 +28,7 @@ SECTIONS: dict[str, type[Section]] = {
     "calibrate": CalibrateParams,
     "quantize": QuantizeParams,
     "pack": PackParams,
+    "rd": RDParams,
     "eval_sliding": EvalSlidingParams,
     "eval_ttt": EvalTTTParams,
     "eval_tilt": EvalTiltParams,

@@ -296,11 +296,15 @@ def calibrate_proxy(packer: Packer, params: QuantizeParams, gap: Callable[[Quant
 
 
 def sweep(packer: Packer, params: QuantizeParams, gap: Callable[[QuantizedModel], float], methods: Sequence[str],
-          points: int = 8, span: tuple[float, float] = (0.6, 1.6), evaluate: int = 3) -> dict:
-    """The calibrated proxy (`calibrate_proxy`), then per method up to `points` frontier settings
-    over span x the bytes of `params`, each packed exactly, with the gap the proxy predicts and the
-    real gap of `evaluate` of them. A head-Hessian method needs the embedding's Hessian."""
-    weights, rms, calibration = calibrate_proxy(packer, params, gap)
+          points: int = 8, span: tuple[float, float] = (0.6, 1.6), evaluate: int = 3, weights: FitWeights | None = None) -> dict:
+    """The proxy's weights (`weights`, or calibrated by `calibrate_proxy` when None), then per
+    method up to `points` frontier settings over span x the bytes of `params`, each packed exactly,
+    with the gap the proxy predicts and the real gap of `evaluate` of them. A head-Hessian method
+    needs the embedding's Hessian (skipped without it)."""
+    if weights is None:
+        weights, rms, calibration = calibrate_proxy(packer, params, gap)
+    else:
+        rms, calibration = None, []
     mats = matrices(packer.state, packer.hessians, params)
     base = method_packer(packer, RD_METHODS["gptq"])(params)[1]
     rows = []
