@@ -135,6 +135,17 @@ def test_zero_beta_reproduces_sliding_exactly(bounded: bool) -> None:
     assert tilt.result.val_loss == sliding.val_loss
 
 
+def test_the_no_tilt_baseline_comes_from_the_same_forward_pass() -> None:
+    """evaluate_tilt runs the sliding windows once: as many forward passes as sliding batches, not twice that."""
+    model, stream = TinyCausalLM(seed=1), repeating_stream()
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    p = tilt_params(beta=2.0)
+    out = evaluate_tilt(model, stream, p)
+    batches = -(-len(sliding_windows(stream, p.window, p.stride, p.doc_bounded)) // p.batch_size)
+    assert len(calls) == batches and out.sliding.val_bpb > out.result.val_bpb
+
+
 def test_the_tilt_gains_on_repeated_phrases_and_reports_through_the_registry() -> None:
     model, stream = TinyCausalLM(seed=1), repeating_stream()
     out = METHODS["tilt"].evaluate(model, stream, tilt_params(beta=2.0))
