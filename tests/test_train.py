@@ -213,3 +213,13 @@ def test_train_bad_resume_position_and_short_validation(shards, tmp_path):
 
 def test_train_default_params_validate():
     assert TrainParams().micro_batch_tokens == 4096
+
+
+def test_a_micro_batch_is_one_copy_and_x_y_are_its_shifted_views():
+    from pgolf.train.data import to_device
+
+    tokens = torch.arange(9)
+    local = to_device(tokens, torch.device("cpu"))
+    x, y = local[:-1].view(-1, 4), local[1:].view(-1, 4)
+    assert x.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]] and y.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()  # one buffer, one copy

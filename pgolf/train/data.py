@@ -119,10 +119,17 @@ class DistributedBatches:
         _check_rows(self.micro_tokens, seq_len)
         span = self.micro_tokens + 1
         chunk = self.stream.take(span * self.info.world_size)
-        local = torch.from_numpy(chunk[self.info.rank * span : (self.info.rank + 1) * span])
-        x = local[:-1].view(-1, seq_len)
-        y = local[1:].view(-1, seq_len)
-        return Batch(x.to(self.info.device, non_blocking=True), y.to(self.info.device, non_blocking=True))
+        local = to_device(torch.from_numpy(chunk[self.info.rank * span : (self.info.rank + 1) * span]), self.info.device)
+        return Batch(local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len))
+
+
+def to_device(tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One host-to-device copy of a micro-batch's tokens (x and y are views of it). On CUDA the
+    tokens are staged in pinned memory so that the copy is truly asynchronous: the H200 profile
+    (../shared/gpu-measurements) spent 17.9 ms of CPU per step in two pageable copies, x and y."""
+    if device.type != "cuda":
+        return tokens.to(device)
+    return tokens.pin_memory().to(device, non_blocking=True)
 
 
 def validation_tokens(paths: list[Path], max_tokens: int, seq_len: int, vocab_size: int | None = None) -> torch.Tensor:
