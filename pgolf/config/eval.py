@@ -74,6 +74,19 @@ class EvalTTTParams(EvalSpeedParams):
     seed: int = Field(0, ge=0, description="seed of the LoRA A matrices and of the legality check's perturbations")
     legality_tokens: int = Field(4096, ge=16, le=1_000_000, description="the legality check reruns TTT on the first N validation tokens (several documents)")
     legality_cuts: int = Field(4, ge=1, le=64, description="positions t spread over that prefix, each inside a chunk, at which tokens >= t are perturbed for check C1")
+    doc_order: Literal["stream", "length"] = Field("stream", description="stream: documents enter free lanes in stream order; length: documents sorted by length into batches of batch_docs that start together, longest batch first (records: length)")
+    width_multiple: int = Field(1, ge=1, le=65536, description="each round's padded width is rounded up to a multiple of this (fixed shapes for torch.compile; records: 64)")
+    global_phase_docs: int = Field(0, ge=0, le=10_000_000, description="lora: after this many scored documents (evaluation order, at a batch boundary) the base weights are trained on the scored documents; 0 = off (records: 2000-2500, #1610)")
+    global_phases: int = Field(1, ge=1, le=64, description="global phases, after global_phase_docs * k / global_phases documents each (records: 1, #1610; 3 in #1736)")
+    global_lr: float = Field(0.001, ge=0.0, le=10.0, description="global phase: SGD learning rate on the base weights (records: 0.001)")
+    global_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="global phase: SGD momentum (records: 0.9)")
+    global_epochs: int = Field(1, ge=1, le=1000, description="global phase: passes over the scored documents (records: 1)")
+    global_seq_len: int = Field(256, ge=1, le=65536, description="global phase: most targets per training sequence; each document is cut into such pieces (records: 2048, documents kept apart)")
+    global_batch_seqs: int = Field(32, ge=1, le=65536, description="global phase: sequences per SGD step, split over ranks (records: 32)")
+    global_grad_clip: float = Field(0.0, ge=0.0, le=1.0e6, description="global phase: clip of the gradient's global norm; 0 = off (records: 1.0)")
+    warm_start_a: bool = Field(False, description="lora: a new document zeroes only B and keeps the lane's A from earlier documents of that lane (records: true, #1767)")
+    short_doc_tokens: int = Field(0, ge=0, le=10_000_000, description="documents with at most this many targets use chunks of short_chunk_tokens; 0 = off (#2014)")
+    short_chunk_tokens: int = Field(32, ge=1, le=65536, description="targets per chunk of a short document (short_doc_tokens > 0); must be <= window")
 
     @field_validator("lora_targets")
     @classmethod
@@ -90,6 +103,12 @@ class EvalTTTParams(EvalSpeedParams):
             raise ValueError(f"chunk_tokens ({self.chunk_tokens}) must be <= window ({self.window})")
         if self.adapter == "sgd" and self.batch_docs != 1:
             raise ValueError(f"batch_docs must be 1 when adapter is sgd (lanes would share weights across documents), got {self.batch_docs}")
+        if self.global_phase_docs > 0 and self.adapter != "lora":
+            raise ValueError("global_phase_docs needs adapter lora (the global phase trains the base weights under the per-document LoRAs)")
+        if self.warm_start_a and (self.adapter != "lora" or self.reset != "document"):
+            raise ValueError("warm_start_a needs adapter lora and reset document (it changes what a document reset keeps)")
+        if self.short_doc_tokens > 0 and self.short_chunk_tokens > self.window:
+            raise ValueError(f"short_chunk_tokens ({self.short_chunk_tokens}) must be <= window ({self.window})")
         return self
 
 

@@ -2,9 +2,14 @@
 
 `LaneLoRA` wraps a frozen linear map (an nn.Linear, or a generated HyperLinear): y = W x + (alpha/rank) * B_l A_l x, where l is the lane of
 the batch row (`select` sets the lane of each row). Every lane starts from the same random A and
-B = 0, so a fresh lane leaves the model's output unchanged bit for bit and a document's result
-does not depend on which lane it ran in. `LaneAdam` keeps Adam moments and step
-counts per lane, so resetting a lane (a new document) forgets everything the lane learned.
+B = 0, so a fresh lane leaves the model's output unchanged bit for bit. `LaneAdam` keeps Adam
+moments and step counts per lane, so resetting a lane (a new document) forgets everything the
+lane learned, and a document's result does not depend on which lane it ran in.
+
+Warm start (`reset(lanes, keep_a=True)`, #1767 in the records): a new document zeroes only B and
+keeps the A its lane learned, so a document's result depends on the earlier documents of its lane
+(and on its lane). That is legal: a lane takes a document only after its earlier documents were
+scored, so the dependence runs forward in evaluation order, and lanes still never share anything.
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ class LaneLoRA(nn.Module):
         """Lane of each batch row of the next forward passes."""
         self.rows = rows
 
-    def reset(self, lanes: Tensor) -> None:
+    def reset(self, lanes: Tensor, keep_a: bool = False) -> None:
+        """B = 0 on these lanes (the lane is the frozen map again); A back to its start unless keep_a (warm start)."""
         with torch.no_grad():
-            self.a[lanes] = self.a_init[lanes]
+            if not keep_a:
+                self.a[lanes] = self.a_init[lanes]
             self.b[lanes] = 0.0
 
     def forward(self, x: Tensor) -> Tensor:

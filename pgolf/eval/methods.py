@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,9 +30,10 @@ from pgolf.eval.bpb import EvalResult, ValStream
 from pgolf.eval.legality import (LegalityReport, ProbeRun, ScoreLog, check_legality, require_legal, sample_positions,
                                  with_full_stream)
 from pgolf.eval.plain import evaluate_plain, plain_forward, plain_windows
-from pgolf.eval.sliding import evaluate_sliding, segments, sliding_forward, sliding_windows
+from pgolf.eval.sliding import evaluate_sliding, sliding_forward, sliding_windows
 from pgolf.eval.tilt import evaluate_tilt, tilt_probe
-from pgolf.eval.ttt import TTTRunner, document_chunks, make_adapter, run_ttt
+from pgolf.eval.ttt import TTTRunner, make_adapter, run_ttt, ttt_document_chunks
+from pgolf.eval.ttt_order import documents, evaluation_order, rearranged
 from pgolf.eval.windows import Window, evaluate_windows, run_windows
 
 log = logging.getLogger(__name__)
@@ -137,33 +138,97 @@ def ttt_probe(model: nn.Module, params: EvalTTTParams, runner: type[TTTRunner] =
     return run
 
 
+def in_evaluation_order(run: Callable[[ValStream], ProbeRun], source: np.ndarray) -> Callable[[ValStream], ProbeRun]:
+    """A probe of a stream laid out in evaluation order (`rearranged`'s `source`): puts the tokens
+    back into stream order, runs there, and lays the scores out in evaluation order again, so that
+    the check's "positions before t" are those scored earlier in evaluation order."""
+
+    def run_ordered(ordered: ValStream) -> ProbeRun:
+        tokens, target_bytes = np.empty_like(ordered.tokens), np.empty_like(ordered.target_bytes)
+        tokens[source], target_bytes[source] = ordered.tokens, ordered.target_bytes
+        out = run(ValStream(tokens, target_bytes, ordered.bos_id))
+        return replace(out, nll=out.nll[source], score_counts=out.score_counts[source])
+
+    return run_ordered
+
+
+def probe_params(params: EvalTTTParams, num_docs: int) -> EvalTTTParams:
+    """The params the legality probe runs: with global phases or a warm A, lanes and the phase are
+    scaled to the prefix's `num_docs` documents so that the probe crosses lane reuse and a phase
+    boundary (the real run's 2,000 documents would never be reached in a few thousand tokens)."""
+    if params.global_phase_docs == 0 and not params.warm_start_a:
+        return params
+    batch = min(params.batch_docs, max(2, num_docs // 4))
+    phase = min(params.global_phase_docs, max(params.global_phases, num_docs // 2)) if params.global_phase_docs else 0
+    return params.model_copy(update={"batch_docs": batch, "global_phase_docs": phase})
+
+
 def ttt_chunks(stream: ValStream, params: EvalTTTParams) -> list[Window]:
-    return [w for b, e in segments(stream, doc_bounded=True) for w in document_chunks(b, e, params.chunk_tokens, params.window)]
+    return [w for b, e in documents(stream) for w in ttt_document_chunks(b, e, params)]
+
+
+@dataclass(frozen=True)
+class TTTProbePlan:
+    """What the TTT legality check runs: the probe's params, the stream it perturbs (laid out in
+    evaluation order), `source` mapping that layout to stream order (None: the same), the chunk spans there."""
+
+    params: EvalTTTParams
+    stream: ValStream
+    source: np.ndarray | None
+    spans: list[tuple[int, int]]
+
+    def wrap(self, run: Callable[[ValStream], ProbeRun]) -> Callable[[ValStream], ProbeRun]:
+        return run if self.source is None else in_evaluation_order(run, self.source)
+
+
+def ttt_probe_plan(stream: ValStream, params: EvalTTTParams) -> TTTProbePlan:
+    """The first legality_tokens tokens; when evaluation order is not stream order, cut after their last
+    BOS and rearranged into evaluation order, so that check C1's "before t" means "scored earlier"."""
+    prefix = stream.prefix(params.legality_tokens)
+    params = probe_params(params, len(documents(prefix)))
+    order = evaluation_order(prefix, params)
+    if np.array_equal(order, np.arange(order.size)):
+        return TTTProbePlan(params, prefix, None, spans_of(ttt_chunks(prefix, params)))
+    last_bos = int(prefix.doc_starts()[-1])
+    if last_bos > 0:
+        prefix = prefix.prefix(last_bos + 1)
+    ordered, source = rearranged(prefix, evaluation_order(prefix, params))
+    where = np.argsort(source)  # stream position -> its position in evaluation order
+    spans = [(int(where[a]), int(where[b])) for a, b in spans_of(ttt_chunks(prefix, params))]
+    return TTTProbePlan(params, ordered, source, spans)
 
 
 def ttt_legality(model: nn.Module, stream: ValStream, params: EvalTTTParams) -> LegalityReport:
-    """C1-C4 on the first params.legality_tokens tokens, cuts inside chunks; LegalityError names every failed check."""
-    prefix = stream.prefix(params.legality_tokens)
-    report = check_legality(ttt_probe(model, params), prefix, vocab_of(model, stream), params.legality_cuts,
-                            params.seed, "ttt", spans_of(ttt_chunks(prefix, params)))
+    """C1-C4 on the probe plan (`ttt_probe_plan`), cuts inside chunks; LegalityError names every failed check."""
+    plan = ttt_probe_plan(stream, params)
+    report = check_legality(plan.wrap(ttt_probe(model, plan.params)), plan.stream, vocab_of(model, stream),
+                            plan.params.legality_cuts, plan.params.seed, "ttt", plan.spans)
     require_legal(report)
     return report
 
 
-def _ttt(model: nn.Module, stream: ValStream, params: EvalTTTParams) -> MethodOutcome:
-    """Legality check first (fails fast), then the frozen chunked scoring and score-first TTT."""
-    report = ttt_legality(model, stream, params)
-    frozen = run_ttt(model, stream, params, adapt=False).result
+def _ttt(model: nn.Module, stream: ValStream, params: EvalTTTParams, info: DistInfo | None = None) -> MethodOutcome:
+    """Legality check first (fails fast; every rank runs it whole), then the frozen chunked scoring and
+    score-first TTT (this rank's share of the batches, merged). Phases: legality, no_ttt, global_phases."""
+    phases: dict[str, float] = {}
+    with timed(phases, "legality"):
+        report = ttt_legality(model, stream, params)
+    with timed(phases, "no_ttt"):
+        frozen = run_ttt(model, stream, params, adapt=False, info=info).result
     log.info("val_bpb_no_ttt: %.6f", frozen.val_bpb)
-    adapted = run_ttt(model, stream, params)
+    adapted = run_ttt(model, stream, params, info=info)
+    phases["global_phases"] = float(sum(adapted.global_phase_seconds))
     ledger = adapted.ledger
     extra = {
         "val_bpb_no_ttt": frozen.val_bpb,
         "val_loss_no_ttt": frozen.val_loss,
         "ttt_gain_bpb": frozen.val_bpb - adapted.result.val_bpb,
+        "ttt_padding_fraction": adapted.padding_fraction,
+        "ttt_rounds": adapted.rounds,
+        "ttt_global_phases": len(adapted.global_phase_seconds),  # their seconds: the timing ledger (phases)
         "legality": require_legal(with_full_stream(report, stream, ledger.score_counts, ledger.early_training_tokens)),
     }
-    return MethodOutcome(adapted.result, frozen.val_bpb, extra)
+    return MethodOutcome(adapted.result, frozen.val_bpb, extra, phases)
 
 
 def _tilt(model: nn.Module, stream: ValStream, params: EvalTiltParams, info: DistInfo | None = None) -> MethodOutcome:
@@ -198,8 +263,8 @@ METHODS: dict[str, EvalMethod] = {
                         "non-overlapping windows of seq_len", ranked=True),
     "sliding": EvalMethod(EvalSlidingParams, _sliding, lambda m, s, p, info=None: evaluate_sliding(m, s, p, info)[0].val_bpb, True,
                           "windows of `window` tokens every `stride`; each later window scores its last `stride`", ranked=True),
-    "ttt": EvalMethod(EvalTTTParams, _ttt, lambda m, s, p: run_ttt(m, s, p, adapt=False).result.val_bpb, True,
-                      "score-first test-time training", "val_bpb_no_ttt", "no TTT"),
+    "ttt": EvalMethod(EvalTTTParams, _ttt, lambda m, s, p, info=None: run_ttt(m, s, p, adapt=False, info=info).result.val_bpb, True,
+                      "score-first test-time training", "val_bpb_no_ttt", "no TTT", ranked=True),
     "tilt": EvalMethod(EvalTiltParams, _tilt, lambda m, s, p, info=None: evaluate_tilt(m, s, p, info).result.val_bpb, True,
                        "sliding windows tilted towards a causal n-gram hint (closed-form renormalized)", ranked=True),
 }
