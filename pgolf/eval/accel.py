@@ -1,17 +1,20 @@
 """Evaluation at accelerator speed: precision, compiled forward passes at fixed shapes, and ranks.
 
-Source: what the records' eval does (openai/parameter-golf, the official train_gpt.py and every
-record since PR #52: the model under torch.autocast(bfloat16), torch.compile'd, the validation
-windows split over the 8 ranks and the losses all-reduced). pgolf's fp32 eager eval was 16x slower
-on one H200 (shared/gpu-measurements/eval-throughput-h200.txt); bf16 + compile closes the gap.
+Source: the official train_gpt.py's eval_val in openai/parameter-golf (kept by the records, e.g.
+records/track_10min_16mb/2026-03-19_SlidingWindowEval): the model under torch.autocast(bfloat16),
+torch.compile(dynamic=False), each rank a share of the validation sequences, the losses
+all-reduced. pgolf's fp32 eager eval was 16x slower on one H200
+(shared/gpu-measurements/eval-throughput-h200.txt); bf16 + compile closes the gap.
 
 - precision: "bf16" runs every method under `torch.autocast(bfloat16)` (`precision_context`,
   applied around the whole method); "fp32" is the reference and CPU path. The log-softmax and the
   NLL are always taken in float32 (then float64) outside autocast (`full_precision`).
 - compile: the window scorer's forward pass is `torch.compile`d at fixed shapes: every batch is
   padded to `rows` windows and its width to a bucket (`padded_width`), so a whole evaluation
-  compiles at most BUCKETS graphs. Padding is on the right of a causal model: it never reaches a
-  real position. The first call at each shape (the compilation) is timed apart (`warmup_seconds`).
+  runs at most BUCKETS shapes (a module that keys its own state on the width, as the rotary
+  cache of pgolf.model.layers does, adds a guard per switch; past torch's recompile limit dynamo
+  runs eagerly: same scores, slower). Padding is on the right of a causal model: it never reaches
+  a real position. The first call at each shape (the compilation) is timed apart (`warmup_seconds`).
 - ranks: rank r of a `pgolf.dist.DistInfo` scores every world_size-th batch (`my_share`); the
   per-position scores are merged exactly (`pgolf.dist.gather_scores`) and counts summed.
 "auto" means bf16 and compile on CUDA, fp32 and eager elsewhere.
