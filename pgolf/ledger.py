@@ -7,17 +7,19 @@ train: startup, compile_warmup (the session's first optimizer step, where torch.
 loop (the rest of the loop in wall time, with mid-run validation and checkpoints; the leaderboard's
 timer is `wallclock_seconds`, the steps alone, first included: pgolf resets no warm-up steps),
 hessians (GPTQ Hessians on the training ranks); calibrate: hessians (none when it reuses the
-training ranks' Hessians); quantize: solve; pack: compress; audit: checks, fingerprints; eval: precompute (validation stream, artifact decoded), scoring (the method with pgolf's
-legality check), gap (the float checkpoint, for the quantization gap).
+training ranks' Hessians); quantize: solve; pack: compress; audit: checks, fingerprints; eval: precompute (validation stream, artifact decoded,
+the tilt's hints), compile_warmup (first compiled call per shape), legality (pgolf's probe on a prefix),
+scoring (the method, with TTT's no-TTT pass), global_phases (TTT's SGD phases on the base weights),
+gap (the float checkpoint, for the quantization gap); `counted_seconds` = what the rules count.
 
 The readings (`readings`), as the leaderboard took them (CHALLENGE.md; issue 16: records differed
 on whether Hessian collection counts, e.g. 599.6 + 6.9 s in one record, 596 + 4.1 s in another):
 - strict: training loop + Hessian collection <= 600 s (anything reading training data after
   training counts);
 - lenient: the training loop alone <= 600 s;
-- eval, per method: precompute + the method's timed scoring pass <= 600 s (pgolf's legality check,
-  the no-TTT pass and the checkpoint's gap score are diagnostics a submission does not run); the
-  sum over methods is reported too (a submission that runs them all).
+- eval, per method: counted_seconds (precompute + compile warm-up + scoring + global phases) <= 600 s
+  (pgolf's legality check and the checkpoint's gap score are diagnostics a submission does not run);
+  the sum over methods is reported too (a submission that runs them all).
 The limits hold on 8x H100 80GB SXM only: `hardware_note` says whether the run was measured there.
 """
 
@@ -95,7 +97,11 @@ def _number(data: Mapping[str, Any], key: str) -> float | None:
 
 
 def eval_seconds(timing: Mapping[str, Any]) -> float | None:
-    """One method's evaluation reading: precompute + its timed scoring pass (`seconds`)."""
+    """One method's evaluation reading: `counted_seconds` (precompute + compile warm-up + scoring +
+    TTT's global phases, pgolf.eval.run), or for older sidecars precompute + the scoring pass (`seconds`)."""
+    counted = _number(timing, "counted_seconds")
+    if counted is not None:
+        return counted
     scoring = _number(timing, "seconds")
     if scoring is None:
         return None

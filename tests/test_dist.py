@@ -127,7 +127,7 @@ def test_two_nodes_of_two_processes_meet_at_the_rendezvous_and_equal_one_process
 
 
 def test_rendezvous_options_one_machine_or_static_rendezvous_at_node_0():
-    from pgolf.dist import rendezvous_options
+    from pgolf.launch import rendezvous_options
     from pgolf.config.train import TrainParams
 
     assert rendezvous_options(8) == ["--standalone", "--nproc-per-node=8"]

@@ -121,7 +121,9 @@ def test_eval_sliding_stage_writes_metrics_with_the_gap(workspace, tmp_path: Pat
     assert set(out) == {"val_bpb", "val_loss", "scored_tokens", "scored_bytes", "quantization_gap", "legality", "provenance"}
     assert out["legality"]["passed"] is True and out["provenance"]["config"].keys() == {"eval_sliding"}
     timing = json.loads((metrics.parent / "timing" / metrics.name).read_text())  # run to run: apart
-    assert set(timing) == {"seconds", "wall_seconds", "phases", "provenance"} and timing["phases"].keys() == {"precompute", "scoring", "gap"}
+    assert set(timing) == {"seconds", "counted_seconds", "wall_seconds", "phases", "provenance"}
+    assert timing["phases"].keys() == {"precompute", "legality", "scoring", "gap"}
+    assert timing["counted_seconds"] == pytest.approx(timing["phases"]["precompute"] + timing["phases"]["scoring"])  # not the probe, not the gap
     assert out["scored_bytes"] == workspace["val_bytes"]
     assert isinstance(out["quantization_gap"], float) and out["quantization_gap"] != 0.0
 

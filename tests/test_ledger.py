@@ -74,6 +74,9 @@ def test_eval_readings_per_method_and_total():
     assert r["eval tilt"].seconds is None
     assert r["eval total"].seconds == 710.0 and r["eval total"].limit is None and not r["eval total"].exceeds
     assert eval_seconds({"seconds": 3.0}) == 3.0
+    # A sidecar with counted_seconds (compile warm-up and TTT's global phases included) is read as written.
+    assert eval_seconds({"seconds": 3.0, "counted_seconds": 7.5, "phases": {"precompute": 1.0}}) == 7.5
+    assert eval_seconds({"seconds": 3.0, "counted_seconds": True}) == 3.0  # not a number: the older reading
 
 
 def test_record_failures_name_each_reading():

@@ -24,7 +24,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pgolf.dist import DistInfo, init_dist, launched_by_torchrun, run_torchrun, shutdown, worker_stops_quietly
+from pgolf.dist import DistInfo, init_dist, launched_by_torchrun, shutdown
+from pgolf.launch import run_torchrun, worker_stops_quietly
 from pgolf.eval.accel import precision_context
 from pgolf.eval.methods import METHODS, MethodOutcome
 from pgolf.io import write_metrics

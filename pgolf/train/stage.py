@@ -19,15 +19,8 @@ from typing import TYPE_CHECKING
 
 from pgolf.config.calibrate import CalibrateParams
 from pgolf.config.train import TrainParams
-from pgolf.dist import (
-    init_dist,
-    launched_by_torchrun,
-    record_worker_error,
-    run_torchrun,
-    shutdown,
-    watch_parent,
-    worker_stops_quietly,
-)
+from pgolf.dist import init_dist, launched_by_torchrun, shutdown
+from pgolf.launch import record_worker_error, run_torchrun, watch_parent, worker_stops_quietly
 from pgolf.io import read_json, timing_path, write_metrics
 from pgolf.provenance import data_fingerprint, shard_files, stage_provenance
 
