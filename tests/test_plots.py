@@ -176,3 +176,10 @@ def test_the_rd_template_draws_a_line_per_method_and_revision():
     assert spec["encoding"]["color"]["field"] == "method"
     assert line["encoding"]["strokeDash"]["field"] == "rev" and line["encoding"]["y"]["field"] == "<DVC_METRIC_Y>"
     assert dots["encoding"]["y"]["field"] == "val_bpb" and "isValid(datum.val_bpb)" in dots["transform"][0]["filter"]
+
+
+def test_report_leaves_out_the_checkpoint_row_when_the_gap_was_not_scored(tmp_path):
+    metrics = _metrics(tmp_path)
+    (metrics / "eval_sliding.json").write_text(json.dumps({"val_bpb": 2.0, "quantization_gap": None}))
+    rows = write_report(_live(tmp_path), metrics, tmp_path / "out")["eval_bpb"]
+    assert [r["method"] for r in rows if r["method"].startswith("sliding")] == ["sliding: artifact"]

@@ -277,7 +277,8 @@ def report_rows(metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for name in stage_methods():
         method, m = METHODS[name], metrics[name]
         suffix = f", {method.gap_label}" if method.gap_label else ""
-        rows.append({"method": f"{name}: checkpoint{suffix}", "val_bpb": m[method.gap_metric] - m["quantization_gap"]})
+        if m.get("quantization_gap") is not None:  # null: the stage ran with gap: off, or without a checkpoint
+            rows.append({"method": f"{name}: checkpoint{suffix}", "val_bpb": m[method.gap_metric] - m["quantization_gap"]})
         if method.gap_metric != "val_bpb":
             rows.append({"method": f"{name}: artifact{suffix}", "val_bpb": m[method.gap_metric]})
         rows.append({"method": f"{name}: artifact", "val_bpb": m["val_bpb"]})
