@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pgolf.errors import DataError
 from pgolf.eval.methods import METHODS, report_rows, stage_methods
-from pgolf.io import read_metric, write_bytes_atomic, write_json_atomic
+from pgolf.io import read_json, read_metric, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +226,10 @@ def write_report(live_dir: str | Path, metrics_dir: str | Path, out_dir: str | P
     metrics = {}
     for name in stage_methods():  # the evaluation registry decides the rows
         path = metrics_dir / f"eval_{name}.json"
-        keys = {"val_bpb", "quantization_gap", METHODS[name].gap_metric}
+        keys = {"val_bpb", METHODS[name].gap_metric}
         metrics[name] = {key: read_metric(path, key) for key in keys}
+        gap = read_json(path, "metrics file").get("quantization_gap")  # null when the gap was not scored (eval gap: off)
+        metrics[name]["quantization_gap"] = None if gap is None else read_metric(path, "quantization_gap")
     rows = report_rows(metrics)
     table = write_bpb_table(rows, out_dir / "eval_bpb.json")
     bpb_png = write_bpb_png(rows, out_dir / "eval_bpb.png")
