@@ -137,3 +137,15 @@ def test_model_rope_relative_positions():
     def score(i, j):
         return (apply_rope(q, cos[i : i + 1], sin[i : i + 1]) * apply_rope(k, cos[j : j + 1], sin[j : j + 1])).sum()
     assert torch.allclose(score(5, 2), score(7, 4), atol=1e-5)
+
+
+def test_rotary_tables_are_cached_for_the_longest_length_and_sliced_bit_for_bit():
+    from pgolf.model.layers import Rotary
+
+    rotary = Rotary(8, 10000.0)
+    long_cos, _ = rotary.tables(300)
+    cos, sin = rotary.tables(17)
+    assert rotary._cache[0] == 300  # a shorter width does not replace the cache (no recompiles as widths alternate)
+    ref_cos, ref_sin = rope_tables(17, rotary.inv_freq)
+    assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
+    assert rotary.tables(301)[0].shape[0] == 301 and rotary._cache[0] == 301

@@ -65,7 +65,10 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Rotary(nn.Module):
-    """RoPE on the first `rotated_dims` dims of each head; tables are cached per length and device."""
+    """RoPE on the first `rotated_dims` dims of each head. The tables are cached for the longest
+    length seen on the device and sliced: a position's angle does not depend on the length, and
+    a cache that changed with every width would invalidate compiled graphs each time widths
+    alternate (evaluation's padded buckets, the length schedule)."""
 
     def __init__(self, rotated_dims: int, base: float) -> None:
         super().__init__()
@@ -74,10 +77,10 @@ class Rotary(nn.Module):
 
     def tables(self, seq_len: int) -> tuple[Tensor, Tensor]:
         device = self.inv_freq.device
-        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+        if self._cache is None or self._cache[0] < seq_len or self._cache[1] != device:
             cos, sin = rope_tables(seq_len, self.inv_freq)
             self._cache = (seq_len, device, cos, sin)
-        return self._cache[2], self._cache[3]
+        return self._cache[2][:seq_len], self._cache[3][:seq_len]
 
     def forward(self, x: Tensor) -> Tensor:
         cos, sin = self.tables(x.size(-2))
