@@ -96,6 +96,13 @@ def ttt_document_chunks(begin: int, end: int, params: EvalTTTParams) -> list[Win
     return document_chunks(begin, end, chunk_tokens_of(end - begin - 1, params), params.window)
 
 
+def trained_positions(windows: list[Window]) -> tuple[np.ndarray, np.ndarray]:
+    """The input and target positions an update on these windows uses (for `Ledger.check_training`)."""
+    empty = [np.zeros(0, dtype=np.int64)]
+    return (np.concatenate([np.arange(w.start, w.stop) for w in windows] or empty),
+            np.concatenate([np.arange(w.score_from, w.stop + 1) for w in windows] or empty))
+
+
 @dataclass(frozen=True)
 class Round:
     lanes: Tensor  # [B] lane of each row
@@ -276,10 +283,7 @@ class TTTRunner:
         if not keep:
             return
         sub = Round(rnd.lanes[keep], [rnd.chunks[i] for i in keep], [rnd.last[i] for i in keep])
-        self.ledger.check_training(
-            np.concatenate([np.arange(w.start, w.stop) for w in sub.chunks]),
-            np.concatenate([np.arange(w.score_from, w.stop + 1) for w in sub.chunks]),
-        )
+        self.ledger.check_training(*trained_positions(sub.chunks))
         for _ in range(self.params.steps):
             logits, targets = self._forward(sub)
             per_token = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")  # [B, T]
@@ -294,9 +298,9 @@ class TTTRunner:
         p, r, world = self.params, self.rank, self.world_size
         t0 = time.perf_counter()
         pieces = global_pieces([self.docs[int(d)] for d in np.concatenate(scored)], p.global_seq_len)
+        steps = [pieces[i : i + p.global_batch_seqs] for i in range(0, len(pieces), p.global_batch_seqs)]
         known = summed(self.ledger.score_counts, self.info)  # every rank's scores
-        self.ledger.check_training(np.concatenate([np.arange(w.start, w.stop) for w in pieces[r::world]] or [np.zeros(0, np.int64)]),
-                                   np.concatenate([np.arange(w.score_from, w.stop + 1) for w in pieces[r::world]] or [np.zeros(0, np.int64)]), known)
+        self.ledger.check_training(*trained_positions([w for step in steps for w in step[r::world]]), known)
         adapter = self.adapter
         adapter.fresh()
         base = adapter.base_parameters()
@@ -306,8 +310,7 @@ class TTTRunner:
             q.requires_grad_(True)
         optimizer = torch.optim.SGD(base, lr=p.global_lr, momentum=p.global_momentum)
         for _ in range(p.global_epochs):
-            for first in range(0, len(pieces), p.global_batch_seqs):
-                step = pieces[first : first + p.global_batch_seqs]
+            for step in steps:
                 mine = step[r::world]
                 optimizer.zero_grad(set_to_none=True)
                 if mine:
