@@ -93,7 +93,10 @@ def test_eval_param_reruns_only_that_evaluation(repo):
     assert "eval@sliding" in ran
     # `params` revalidates params.yaml on any change; its constant stamp stops the cascade.
     assert not ran & {"fetch", "tokenizer", "export", "audit", "train", "calibrate", "quantize", "pack", "eval@ttt"}, ran
-    assert ran <= {"params", "eval@sliding", "aggregate", "report"}, ran
+    assert ran <= {"params", "eval@sliding", "rd", "aggregate", "report"}, ran  # rd scores its points by eval_sliding
+    points = json.loads((repo / "metrics" / "plots" / "rd.json").read_text())  # the tiny profile's curve, for real
+    assert {p["method"] for p in points} == {"gptq", "rtn"} and sum(p["val_bpb"] is not None for p in points) == 2
+    assert (repo / "metrics" / "plots" / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _commit(repo, "stride")
 
 
@@ -105,7 +108,7 @@ def test_pack_param_reruns_pack_and_evaluations_never_training(repo):
     ran = set(stages_run(run(repo, "dvc", "repro").stdout))
     assert {"pack", "eval@sliding", "eval@ttt", "eval@tilt"} <= ran, ran
     assert not ran & {"fetch", "tokenizer", "export", "audit", "train", "calibrate"}, ran
-    assert ran <= {"params", "quantize", "pack", "eval@sliding", "eval@ttt", "eval@tilt", "aggregate", "report"}, ran
+    assert ran <= {"params", "quantize", "pack", "rd", "eval@sliding", "eval@ttt", "eval@tilt", "aggregate", "report"}, ran
     _commit(repo, "compressor")
 
 
